@@ -1,0 +1,64 @@
+"""Every tunable of a harvest, with its default, in one place.
+
+``HarvestConfig`` holds what changes the content of a shard; its hash decides whether a title
+already done must be redone. ``RunOptions`` holds how the run is executed (workers, timeouts,
+batching) and never changes a shard's content.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from harvest.schema import PIPELINE_VERSION
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    backend: str = "auto"            # auto | insightface | dlib
+    models: str | None = None        # model directory (insightface); None: search defaults
+    det_stride: int = 1              # run the detector every det_stride frames
+    det_size: int = 640              # detector input side (insightface) / max side (dlib)
+    det_threshold: float = 0.5       # minimum detector score
+    min_face_size: float = 0.0       # drop detections smaller than this (sqrt area, px)
+    shot_threshold: float = 27.0     # content change (0..255 HSV scale) that starts a shot
+    min_shot_frames: int = 8         # minimum frames between two cuts
+    iou_threshold: float = 0.3       # IoU needed to extend a track
+    max_gap_seconds: float = 0.5     # longest gap inside a track
+    min_track_seconds: float = 1.0   # shorter tracks are kept but is_valid=false (paper: 1 s)
+    quality_mad_k: float = 2.7       # tracks with quality < mean - k*MAD are invalid
+    n_tracklets: int = 3             # hard-positive tracklets per track
+
+    def __post_init__(self):
+        if self.backend not in ("auto", "insightface", "dlib"):
+            raise ValueError(f"unknown backend {self.backend!r}")
+        if self.det_stride < 1:
+            raise ValueError("det_stride must be >= 1")
+        if self.n_tracklets < 2:
+            raise ValueError("n_tracklets must be >= 2")
+
+    def content_hash(self, resolved_backend: str, model_digest: str = "") -> str:
+        """Hash of everything that shapes a shard: this config, the backend actually used,
+        its model files and the pipeline version."""
+        payload = dataclasses.asdict(self)
+        payload.update(backend=resolved_backend, models=model_digest,
+                       pipeline_version=PIPELINE_VERSION)
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    workers: int | None = None        # Ray actors; None: one per `cpus_per_worker` CPUs
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    title_timeout: float = 3600.0     # seconds before a title is declared hung and killed
+    chunk_frames: int = 32            # frames decoded per contiguous chunk
+    det_batch: int = 8                # frames per detector call
+    embed_batch: int = 64             # aligned faces per embedder call
+    pipelined: bool = True            # overlap decode / detect / embed in threads
+    retry_failed: bool = True
+    progress: bool = True
+    scratch_dir: str | None = None    # where remote videos are staged
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,95 @@
+"""The shard and manifest contract: the one place where column names and types live.
+
+A shard is one Parquet file per title, one row per face track. Readers (``training``,
+``harvest validate``) import the names from here rather than spelling them out.
+
+Shapes (N = faces in the track, D = embedding dimension of the backend):
+    frame_idx        list<int32>                 (N,)   strictly increasing source frame numbers
+    boxes            list<fixed_size_list<f32,4>>  (N, 4) x1, y1, x2, y2 in source pixels
+    landmarks        list<fixed_size_list<f32,10>> (N, 10) 5 points (x, y) interleaved
+    det_score        list<float32>               (N,)
+    face_size        list<float32>               (N,)   sqrt(box area), source pixels
+    blur             list<float32>               (N,)   variance of Laplacian of the aligned crop
+    embeddings       list<fixed_size_list<f32,D>>  (N, D) unit norm
+    mean_embedding   fixed_size_list<f32,D>      (D,)   unit norm
+    tracklets        fixed_size_list<fixed_size_list<f32,D>,3>, nullable: anchor, p1, p2 (unit norm)
+    tracklet_members list<list<int32>>           3 lists of positions into the track's faces
+    cannot_link      list<int64>                 track_ids of the same title sharing a frame
+    hard_negative    int64, nullable             a track_id inside cannot_link
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+PIPELINE_VERSION = "1.0.0"
+N_TRACKLETS = 3
+METADATA_KEY = b"harvest"
+
+# Keys of the JSON object stored under METADATA_KEY in each shard's file metadata.
+METADATA_FIELDS = (
+    "title_id", "source_uri", "fps", "width", "height", "frame_count", "backend",
+    "detector_file", "detector_sha256", "embedder_file", "embedder_sha256",
+    "embedding_dim", "pipeline_version", "config_hash", "shot_boundaries",
+)
+
+
+def _vec(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def shard_schema(dim: int) -> pa.Schema:
+    """Arrow schema of a shard whose embeddings have dimension ``dim``."""
+    return pa.schema([
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("shot_id", pa.int32(), nullable=False),
+        pa.field("n_faces", pa.int32(), nullable=False),
+        pa.field("frame_idx", pa.list_(pa.int32()), nullable=False),
+        pa.field("boxes", pa.list_(_vec(4)), nullable=False),
+        pa.field("landmarks", pa.list_(_vec(10)), nullable=False),
+        pa.field("det_score", pa.list_(pa.float32()), nullable=False),
+        pa.field("face_size", pa.list_(pa.float32()), nullable=False),
+        pa.field("blur", pa.list_(pa.float32()), nullable=False),
+        pa.field("embeddings", pa.list_(_vec(dim)), nullable=False),
+        pa.field("mean_embedding", _vec(dim), nullable=False),
+        pa.field("tracklets", pa.list_(_vec(dim), N_TRACKLETS), nullable=True),
+        pa.field("tracklet_members", pa.list_(pa.list_(pa.int32())), nullable=False),
+        pa.field("cannot_link", pa.list_(pa.int64()), nullable=False),
+        pa.field("hard_negative", pa.int64(), nullable=True),
+        pa.field("track_quality", pa.float32(), nullable=False),
+        pa.field("is_valid", pa.bool_(), nullable=False),
+        pa.field("invalid_reason", pa.string(), nullable=True),
+    ])
+
+
+def embedding_dim(schema: pa.Schema) -> int:
+    """D of a shard schema (read from ``mean_embedding``)."""
+    return schema.field("mean_embedding").type.list_size
+
+
+def with_metadata(schema: pa.Schema, meta: dict[str, Any]) -> pa.Schema:
+    missing = [k for k in METADATA_FIELDS if k not in meta]
+    if missing:
+        raise ValueError(f"shard metadata lacks {missing}")
+    return schema.with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
+
+
+def read_metadata(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError("not a harvest shard: no 'harvest' file metadata")
+    return json.loads(raw)
+
+
+# Manifest: one record per title, stored as one JSON object per title.
+MANIFEST_FIELDS = (
+    "title_id", "source", "status", "error", "shard_path", "shard_sha256",
+    "frames", "faces", "tracks", "valid_tracks", "cannot_link_pairs", "seconds",
+    "config_hash", "backend", "pipeline_version", "finished_at",
+)
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+COUNT_FIELDS = ("frames", "faces", "tracks", "valid_tracks", "cannot_link_pairs")
