@@ -1,0 +1,6 @@
+"""Adaptation heads (models only; losses live in ``training.losses``)."""
+from training.heads.bcl import EmbedMLP, load_published
+from training.heads.imptriplet import ImpTripletHead
+from training.heads.mvcorr import MvCorrHead
+
+__all__ = ["EmbedMLP", "ImpTripletHead", "MvCorrHead", "load_published"]
