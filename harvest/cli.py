@@ -1,0 +1,138 @@
+"""`harvest run | inspect | validate | sample` — the command data teams run.
+
+Exit codes of `harvest run`: 0 every title done; 1 some titles failed (see the manifest; the
+others are done); 2 bad usage or an unreadable --input (nothing harvested).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harvest.config import HarvestConfig, RunOptions
+
+EXIT_OK, EXIT_TITLES_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    d = HarvestConfig()
+    g = p.add_argument_group("harvest (changes shard content; part of the config hash)")
+    g.add_argument("--backend", default=d.backend, choices=["auto", "insightface", "dlib"])
+    g.add_argument("--models", default=d.models, help="directory or URL with one SCRFD and one ArcFace .onnx")
+    g.add_argument("--det-stride", type=int, default=d.det_stride)
+    g.add_argument("--det-size", type=int, default=d.det_size)
+    g.add_argument("--det-threshold", type=float, default=d.det_threshold)
+    g.add_argument("--min-face-size", type=float, default=d.min_face_size)
+    g.add_argument("--shot-threshold", type=float, default=d.shot_threshold)
+    g.add_argument("--iou-threshold", type=float, default=d.iou_threshold)
+    g.add_argument("--max-gap-seconds", type=float, default=d.max_gap_seconds)
+    g.add_argument("--min-track-seconds", type=float, default=d.min_track_seconds)
+    g.add_argument("--quality-mad-k", type=float, default=d.quality_mad_k)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    d = RunOptions()
+    g = p.add_argument_group("execution (never changes shard content)")
+    g.add_argument("--workers", type=int, default=d.workers, help="Ray actors (default: CPUs / --cpus-per-worker)")
+    g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    g.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
+    g.add_argument("--title-timeout", type=float, default=d.title_timeout, help="seconds per title")
+    g.add_argument("--chunk-frames", type=int, default=d.chunk_frames)
+    g.add_argument("--det-batch", type=int, default=d.det_batch)
+    g.add_argument("--embed-batch", type=int, default=d.embed_batch)
+    g.add_argument("--no-retry-failed", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--scratch-dir", default=None)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="harvest", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="harvest videos into face-track shards")
+    run.add_argument("--input", required=True, help="fsspec URL: file, directory or glob")
+    run.add_argument("--output", required=True, help="fsspec URL of the output root")
+    _config_args(run)
+    _run_args(run)
+    for name, help_ in (("inspect", "print the manifest and shard statistics"),
+                        ("validate", "check every shard against the schema and invariants")):
+        sub.add_parser(name, help=help_).add_argument("url")
+    sample = sub.add_parser("sample", help="write labelled sample clips made from package-shipped photos")
+    sample.add_argument("out_dir")
+    sample.add_argument("--titles", type=int, default=2)
+    return ap.parse_args(argv)
+
+
+def config_from(args) -> HarvestConfig:
+    return HarvestConfig(backend=args.backend, models=args.models, det_stride=args.det_stride,
+                         det_size=args.det_size, det_threshold=args.det_threshold,
+                         min_face_size=args.min_face_size, shot_threshold=args.shot_threshold,
+                         iou_threshold=args.iou_threshold, max_gap_seconds=args.max_gap_seconds,
+                         min_track_seconds=args.min_track_seconds, quality_mad_k=args.quality_mad_k)
+
+
+def options_from(args) -> RunOptions:
+    return RunOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                      gpus_per_worker=args.gpus_per_worker, title_timeout=args.title_timeout,
+                      chunk_frames=args.chunk_frames, det_batch=args.det_batch,
+                      embed_batch=args.embed_batch, retry_failed=not args.no_retry_failed,
+                      progress=not args.no_progress, scratch_dir=args.scratch_dir)
+
+
+def cmd_run(args) -> int:
+    from harvest import storage
+    from harvest.report import summary_table
+    from harvest.runner import harvest_sources, plan_run
+
+    try:
+        config, options = config_from(args), options_from(args)
+        plan = plan_run(args.input, args.output, config, options)
+    except (FileNotFoundError, ValueError, PermissionError, OSError) as exc:
+        print(f"harvest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"harvest: {len(plan.sources)} titles, {len(plan.skipped)} already done, "
+          f"{len(plan.todo)} to harvest (backend {plan.backend}, config {plan.config_hash})",
+          file=sys.stderr)
+    fs, root = storage.open_fs(args.output)
+    bar = None
+    if options.progress and plan.todo:
+        from tqdm import tqdm
+        bar = tqdm(total=len(plan.todo), unit="title", desc="harvest", file=sys.stderr)
+
+    def on_record(record):
+        if bar is not None:
+            bar.set_postfix_str(f"{record['title_id'][:24]} {record['status']}")
+            bar.update(1)
+
+    records = harvest_sources(plan.todo, args.output, config, options, on_record=on_record)
+    if bar is not None:
+        bar.close()
+    all_records = storage.read_records(fs, root)
+    storage.write_manifest(fs, root, all_records.values())
+    this_run = {r["title_id"]: r for r in plan.skipped}
+    this_run.update({r["title_id"]: r for r in records})
+    print(summary_table([this_run[s.title_id] for s in plan.sources if s.title_id in this_run],
+                        skipped={r["title_id"] for r in plan.skipped}))
+    failed = [r for r in this_run.values() if r["status"] != "done"]
+    return EXIT_TITLES_FAILED if failed else EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "inspect":
+        from harvest.inspect_output import inspect_main
+        return inspect_main(args.url)
+    if args.command == "validate":
+        from harvest.validate import validate_main
+        return validate_main(args.url)
+    if args.command == "sample":
+        from harvest.samples import make_sample_set
+        for path, _ in make_sample_set(args.out_dir, n_titles=args.titles):
+            print(path)
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The face-backend interface: detect (batched over frames), align, embed (batched over faces).
+
+A backend is a few model files plus a small class (insightface model_zoo style). The pipeline
+only talks to this interface, so swapping a backend is one line in ``registry.py``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one frame.
+
+    boxes  (n, 4) float32  x1, y1, x2, y2 in source pixels
+    kps    (n, 5, 2) float32  left eye, right eye, nose, left mouth, right mouth
+    scores (n,) float32
+    """
+    boxes: np.ndarray
+    kps: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32),
+                          np.zeros((0,), np.float32))
+
+    def keep(self, mask: np.ndarray) -> "Detections":
+        return Detections(self.boxes[mask], self.kps[mask], self.scores[mask])
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    role: str   # "detector" | "embedder"
+    path: str
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def sha256(self) -> str:
+        return file_sha256(self.path)
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+class FaceBackend(ABC):
+    """Base class: owns thresholds and output validation; subclasses write the model calls.
+
+    Frames are RGB uint8 arrays (H, W, 3). Subclasses implement ``_detect``, ``_align`` and
+    ``_embed``; the public methods validate shapes and L2-normalise embeddings.
+    ``det_threshold`` applies to ``Detections.scores`` (in [0, 1] for every backend).
+    """
+    name = "base"
+
+    def __init__(self, det_threshold: float = 0.5, det_size: int = 640):
+        self.det_threshold = float(det_threshold)
+        self.det_size = int(det_size)
+
+    @property
+    @abstractmethod
+    def model_files(self) -> list[ModelFile]: ...
+
+    @property
+    @abstractmethod
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def crop_size(self) -> int:
+        return 112
+
+    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
+        """frames: list of (H, W, 3) uint8 RGB -> one Detections per frame."""
+        if not frames:
+            return []
+        for f in frames:
+            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+                raise ValueError(f"expected (H, W, 3) uint8 frames, got {f.shape} {f.dtype}")
+        out = self._detect(frames)
+        if len(out) != len(frames):
+            raise RuntimeError(f"{self.name}: {len(out)} detections for {len(frames)} frames")
+        return [d.keep(d.scores >= self.det_threshold) for d in out]
+
+    def align(self, frame: np.ndarray, dets: Detections) -> np.ndarray:
+        """-> (n, S, S, 3) uint8 RGB aligned face crops, S = crop_size."""
+        if len(dets) == 0:
+            return np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
+        return self._align(frame, dets)
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """crops (n, S, S, 3) uint8 RGB -> (n, D) float32, rows unit-norm."""
+        if len(crops) == 0:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        emb = np.asarray(self._embed(crops), dtype=np.float32).reshape(len(crops), -1)
+        if emb.shape[1] != self.embedding_dim:
+            raise RuntimeError(f"{self.name}: embedding dim {emb.shape[1]} != {self.embedding_dim}")
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return emb / np.maximum(norms, 1e-12)
+
+    @abstractmethod
+    def _detect(self, frames: list[np.ndarray]) -> list[Detections]: ...
+
+    @abstractmethod
+    def _align(self, frame: np.ndarray, dets: Detections) -> np.ndarray: ...
+
+    @abstractmethod
+    def _embed(self, crops: np.ndarray) -> np.ndarray: ...

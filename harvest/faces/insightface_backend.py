@@ -1,0 +1,150 @@
+"""insightface backend: an SCRFD detector and an ArcFace-format recogniser from one model directory.
+
+Models are loaded through insightface's model_zoo (which routes an ONNX file to SCRFD or
+ArcFaceONNX); inference is batched here: many frames per detector call, many aligned faces per
+recogniser call (the model_zoo classes run one image at a time).
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import cv2
+import numpy as np
+
+from harvest.faces.base import Detections, FaceBackend, ModelFile
+
+
+def find_model_pack(model_dir: str) -> tuple[str, str]:
+    """-> (detector.onnx, recogniser.onnx) in ``model_dir``, told apart by model_zoo routing."""
+    from insightface.model_zoo import model_zoo
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.scrfd import SCRFD
+
+    det = rec = None
+    for path in sorted(glob.glob(os.path.join(model_dir, "*.onnx"))):
+        model = model_zoo.get_model(path, providers=["CPUExecutionProvider"])
+        if isinstance(model, SCRFD) and det is None:
+            det = path
+        elif isinstance(model, ArcFaceONNX) and rec is None:
+            rec = path
+    if det is None or rec is None:
+        raise FileNotFoundError(
+            f"{model_dir}: need one SCRFD detector and one ArcFace recogniser .onnx "
+            f"(found detector={det}, recogniser={rec})")
+    return det, rec
+
+
+def _providers(use_gpu: bool) -> list[str]:
+    import onnxruntime
+    available = onnxruntime.get_available_providers()
+    wanted = ["CUDAExecutionProvider"] if use_gpu else []
+    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
+def _batch_dim_is_free(session) -> bool:
+    return not isinstance(session.get_inputs()[0].shape[0], int)
+
+
+class InsightFaceBackend(FaceBackend):
+    name = "insightface"
+
+    def __init__(self, model_dir: str, det_threshold: float = 0.5, det_size: int = 640,
+                 nms_threshold: float = 0.4, use_gpu: bool = False, threads: int | None = None):
+        super().__init__(det_threshold, det_size)
+        from insightface.model_zoo import model_zoo
+
+        self.detector_path, self.embedder_path = find_model_pack(model_dir)
+        import onnxruntime
+        opts = onnxruntime.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        kwargs = dict(providers=_providers(use_gpu), sess_options=opts)
+        self.detector = model_zoo.get_model(self.detector_path, **kwargs)
+        self.detector.nms_thresh = nms_threshold
+        self.recognizer = model_zoo.get_model(self.embedder_path, **kwargs)
+        self._dim = int(self.recognizer.output_shape[1])
+        fixed = self.detector.session.get_inputs()[0].shape[2:]
+        if all(isinstance(v, int) for v in fixed):      # static-shape detector (e.g. 640x640)
+            self.det_size = int(fixed[0])
+
+    @property
+    def model_files(self) -> list[ModelFile]:
+        return [ModelFile("detector", self.detector_path), ModelFile("embedder", self.embedder_path)]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
+
+    # -- detection -------------------------------------------------------------------------
+    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        s = self.det_size
+        h, w = frame.shape[:2]
+        scale = min(s / w, s / h)
+        nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+        canvas = np.zeros((s, s, 3), np.uint8)
+        canvas[:nh, :nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        return canvas, scale
+
+    def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
+        det = self.detector
+        boxed = [self._letterbox(f) for f in frames]
+        blob = np.stack([b for b, _ in boxed]).astype(np.float32)
+        blob = ((blob - det.input_mean) / det.input_std).transpose(0, 3, 1, 2)
+        blob = np.ascontiguousarray(blob)
+        if _batch_dim_is_free(det.session):
+            outs = det.session.run(det.output_names, {det.input_name: blob})
+        else:
+            per = [det.session.run(det.output_names, {det.input_name: blob[i:i + 1]})
+                   for i in range(len(frames))]
+            outs = [np.concatenate([p[k] for p in per]) for k in range(len(det.output_names))]
+        return [self._decode(outs, i, scale) for i, (_, scale) in enumerate(boxed)]
+
+    def _decode(self, outs: list[np.ndarray], i: int, scale: float) -> Detections:
+        from insightface.model_zoo.scrfd import distance2bbox, distance2kps
+
+        det, s, fmc = self.detector, self.det_size, self.detector.fmc
+        scores_l, boxes_l, kps_l = [], [], []
+        for level, stride in enumerate(det._feat_stride_fpn):
+            scores = outs[level][i].reshape(-1)
+            keep = np.where(scores >= self.det_threshold)[0]
+            if keep.size == 0:
+                continue
+            centers = _anchor_centers(s // stride, s // stride, stride, det._num_anchors)[keep]
+            scores_l.append(scores[keep])
+            boxes_l.append(distance2bbox(centers, outs[level + fmc][i][keep] * stride))
+            kps = distance2kps(centers, outs[level + 2 * fmc][i][keep] * stride)
+            kps_l.append(kps.reshape(-1, 5, 2))
+        if not scores_l:
+            return Detections.empty()
+        scores = np.concatenate(scores_l)
+        boxes = np.concatenate(boxes_l) / scale
+        kps = np.concatenate(kps_l) / scale
+        keep = det.nms(np.hstack([boxes, scores[:, None]]).astype(np.float32))
+        return Detections(boxes[keep].astype(np.float32), kps[keep].astype(np.float32),
+                          scores[keep].astype(np.float32))
+
+    # -- alignment and embedding ------------------------------------------------------------
+    def _align(self, frame: np.ndarray, dets: Detections) -> np.ndarray:
+        from insightface.utils.face_align import norm_crop
+        return np.stack([norm_crop(frame, k, image_size=self.crop_size) for k in dets.kps])
+
+    def _embed(self, crops: np.ndarray) -> np.ndarray:
+        rec = self.recognizer
+        blob = ((crops.astype(np.float32) - rec.input_mean) / rec.input_std).transpose(0, 3, 1, 2)
+        blob = np.ascontiguousarray(blob)
+        if _batch_dim_is_free(rec.session):
+            return rec.session.run(rec.output_names, {rec.input_name: blob})[0]
+        return np.concatenate([rec.session.run(rec.output_names, {rec.input_name: blob[i:i + 1]})[0]
+                               for i in range(len(blob))])
+
+
+_CENTERS: dict[tuple, np.ndarray] = {}
+
+
+def _anchor_centers(h: int, w: int, stride: int, num_anchors: int) -> np.ndarray:
+    key = (h, w, stride, num_anchors)
+    if key not in _CENTERS:
+        c = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32).reshape(-1, 2) * stride
+        _CENTERS[key] = np.repeat(c, num_anchors, axis=0) if num_anchors > 1 else c
+    return _CENTERS[key]

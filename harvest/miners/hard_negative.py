@@ -1,0 +1,20 @@
+"""Hard negative: the cannot-link track whose mean embedding is nearest the anchor tracklet."""
+from __future__ import annotations
+
+import numpy as np
+
+from harvest.miners.base import BaseMiner, TrackSet
+
+
+class HardNegativeMiner(BaseMiner):
+    def _mine(self, tracks: TrackSet, *, cannot_link: list, anchors: np.ndarray) -> np.ndarray:
+        """cannot_link: per track, the tracks it may not share an identity with;
+        anchors (T, D): the anchor tracklet (or the track mean when a track has no tracklets).
+        -> (T,) int64 index of the hard-negative track, -1 where a track has no cannot-link."""
+        means = tracks.mean_embeddings
+        out = np.full(len(tracks), -1, np.int64)
+        for t, others in enumerate(cannot_link):
+            if others:
+                d = np.linalg.norm(means[others] - anchors[t], axis=1)
+                out[t] = others[int(np.argmin(d))]
+        return out

@@ -1,0 +1,96 @@
+"""A worker holds one loaded face backend and turns sources into shards plus manifest records.
+
+``TitleWorker.process`` never raises for bad input: a failed title is a record with status
+"failed" and a readable error (video2dataset style). It is a plain class; the runner wraps it in a
+Ray actor so models load once per worker process.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+import traceback
+
+from harvest import storage
+from harvest.config import HarvestConfig, RunOptions
+from harvest.faces.registry import load_backend, model_files, resolve
+from harvest.faults import maybe_hang
+from harvest.pipeline import harvest_title
+from harvest.schema import PIPELINE_VERSION, STATUS_DONE, STATUS_FAILED
+from harvest.shard import build_shard_table
+from harvest.sources import Source, staged
+
+
+def config_hash(config: HarvestConfig) -> tuple[str, str]:
+    """-> (backend actually used, hash of config + backend + model file digests)."""
+    name, model_dir = resolve(config.backend, config.models)
+    digest = hashlib.sha256("".join(m.sha256 for m in model_files(name, model_dir)).encode())
+    return name, config.content_hash(name, digest.hexdigest()[:16])
+
+
+def new_record(source: Source, cfg_hash: str, backend: str) -> dict:
+    return {"title_id": source.title_id, "source": source.uri, "status": STATUS_FAILED,
+            "error": None, "shard_path": None, "shard_sha256": None, "frames": 0, "faces": 0,
+            "tracks": 0, "valid_tracks": 0, "cannot_link_pairs": 0, "seconds": 0.0,
+            "config_hash": cfg_hash, "backend": backend, "pipeline_version": PIPELINE_VERSION,
+            "finished_at": None}
+
+
+def finish(record: dict, error: str | None, started: float) -> dict:
+    record["error"] = error
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+class TitleWorker:
+    def __init__(self, output_url: str, config: HarvestConfig, options: RunOptions | None = None,
+                 threads: int | None = None):
+        self.config = config
+        self.options = options or RunOptions()
+        self.fs, self.root = storage.open_fs(output_url)
+        self.backend_name, self.config_hash = config_hash(config)
+        self.backend = load_backend(config.backend, config.models, config.det_threshold,
+                                    config.det_size, use_gpu=self.options.gpus_per_worker > 0,
+                                    threads=threads)
+
+    def metadata(self, source: Source, result) -> dict:
+        files = {m.role: m for m in self.backend.model_files}
+        return {
+            "title_id": source.title_id, "source_uri": source.uri, "fps": result.info.fps,
+            "width": result.info.width, "height": result.info.height,
+            "frame_count": result.frames, "reported_frames": result.info.reported_frames,
+            "backend": self.backend_name,
+            "detector_file": files["detector"].name, "detector_sha256": files["detector"].sha256,
+            "embedder_file": files["embedder"].name, "embedder_sha256": files["embedder"].sha256,
+            "config_hash": self.config_hash, "shot_boundaries": result.shot_boundaries,
+            "min_track_seconds": self.config.min_track_seconds, "det_stride": self.config.det_stride,
+        }
+
+    def process(self, source: Source) -> dict:
+        started = time.perf_counter()
+        record = new_record(source, self.config_hash, self.backend_name)
+        try:
+            maybe_hang(source.uri)
+            with staged(source.uri, self.options.scratch_dir) as local:
+                result = harvest_title(local, self.backend, self.config, self.options)
+            table = build_shard_table(source.title_id, result.tracks, self.metadata(source, result))
+            path, sha = storage.write_shard(self.fs, self.root, table)
+            valid = table.column("is_valid").to_pylist()
+            record.update(status=STATUS_DONE, shard_path=path, shard_sha256=sha,
+                          frames=result.frames, faces=len(result.tracks.faces.frame_idx),
+                          tracks=table.num_rows, valid_tracks=int(sum(valid)),
+                          cannot_link_pairs=sum(len(c) for c in result.tracks.cannot_link) // 2)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a manifest row
+            error = f"{type(exc).__name__}: {exc}".strip()
+            if not _is_expected(exc):
+                error += "\n" + traceback.format_exc(limit=4)
+        record = finish(record, error, started)
+        storage.write_record(self.fs, self.root, record)
+        return record
+
+
+def _is_expected(exc: Exception) -> bool:
+    from harvest.decode import DecodeError
+    return isinstance(exc, (DecodeError, FileNotFoundError, PermissionError))
