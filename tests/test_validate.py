@@ -1,0 +1,238 @@
+"""harvest.validate: a hand-built valid shard validates clean; each broken invariant is reported."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from harvest import schema as S
+from harvest import storage
+from harvest.validate import validate_main, validate_output, validate_table
+
+D = 4
+META = {
+    "title_id": "t0001", "source_uri": "file:///videos/a.mp4", "fps": 10.0, "width": 640,
+    "height": 360, "frame_count": 100, "backend": "dlib", "detector_file": "det.onnx",
+    "detector_sha256": "0" * 64, "embedder_file": "emb.onnx", "embedder_sha256": "1" * 64,
+    "embedding_dim": D, "pipeline_version": S.PIPELINE_VERSION, "config_hash": "abc",
+    "shot_boundaries": [0, 50], "min_track_seconds": 1.0, "det_stride": 1,
+}
+
+
+def _unit(rng, n):
+    v = rng.normal(size=(n, D))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32).tolist()
+
+
+def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, valid=True):
+    n = len(frames)
+    emb = _unit(rng, n)
+    mean = np.mean(emb, axis=0)
+    x = np.arange(n, dtype=np.float32)
+    if n >= 3:
+        k = n // 3
+        members = [list(range(k)), list(range(n - 1, n - 1 - k, -1)), list(range(k, 2 * k))]
+        tracklets = [(np.mean([emb[i] for i in m], axis=0)
+                      / np.linalg.norm(np.mean([emb[i] for i in m], axis=0))).tolist()
+                     for m in members]
+    else:
+        members, tracklets = [], None
+    return {
+        "title_id": META["title_id"], "track_id": track_id, "shot_id": shot_id, "n_faces": n,
+        "frame_idx": list(frames),
+        "boxes": [[10 + i, 20, 50 + i, 70] for i in x.tolist()],
+        "landmarks": [[1.0] * 10 for _ in range(n)],
+        "det_score": [0.9] * n, "face_size": [40.0] * n, "blur": [100.0] * n,
+        "embeddings": emb, "mean_embedding": (mean / np.linalg.norm(mean)).tolist(),
+        "tracklets": tracklets, "tracklet_members": members,
+        "cannot_link": list(cannot_link), "hard_negative": hard_negative,
+        "track_quality": 0.8, "is_valid": valid, "invalid_reason": None if valid else "short",
+    }
+
+
+def _rows():
+    rng = np.random.default_rng(0)
+    return [
+        _track(rng, 1, 0, range(10, 20), cannot_link=[2], hard_negative=2),
+        _track(rng, 2, 0, range(15, 25), cannot_link=[1], hard_negative=1),
+        _track(rng, 3, 1, range(60, 72)),
+        _track(rng, 4, 1, [80, 81], valid=False),
+    ]
+
+
+def _table(rows, meta=META):
+    return pa.Table.from_pylist(rows, schema=S.with_metadata(S.shard_schema(D), meta))
+
+
+def test_valid_table_is_clean():
+    assert validate_table(_table(_rows())) == []
+    assert validate_table(_table(_rows()), min_track_frames=10) == []
+
+
+def _set(i, key, value):
+    def f(rows):
+        rows[i][key] = value
+    return f
+
+
+def _scale_embedding(rows):
+    rows[0]["embeddings"][3] = [2 * v for v in rows[0]["embeddings"][3]]
+
+
+def _cross_shot(rows):  # track 3 now starts in shot 0 and ends in shot 1
+    rows[2]["frame_idx"] = list(range(45, 57))
+
+
+def _no_shared_frame(rows):  # track 2 moved after track 1: the link no longer holds
+    rows[1]["frame_idx"] = list(range(30, 40))
+
+
+def _drop_det_score(rows):
+    rows[0]["det_score"] = rows[0]["det_score"][:-1]
+
+
+def _link_invalid(rows):
+    rows[2]["cannot_link"], rows[3]["cannot_link"] = [4], [3]
+    rows[3]["frame_idx"] = [60, 61]
+
+
+def _swap_tracklets(rows):
+    rows[0]["tracklets"] = rows[0]["tracklets"][::-1]
+
+
+def _other_mean(rows):
+    rows[0]["mean_embedding"] = rows[1]["mean_embedding"]
+
+
+CORRUPTIONS = {
+    "asymmetric cannot-link": (_set(1, "cannot_link", []), "not symmetric"),
+    "hard_negative not in cannot_link": (_set(2, "hard_negative", 1), "hard_negative not in"),
+    "non-unit embedding": (_scale_embedding, "embeddings not unit-norm"),
+    "non-unit mean": (_set(0, "mean_embedding", [1.0, 1.0, 0.0, 0.0]), "mean_embedding not unit"),
+    "decreasing frames": (_set(0, "frame_idx", [10, 11, 12, 14, 13, 15, 16, 17, 18, 19]),
+                          "not strictly increasing"),
+    "frame beyond frame_count": (_set(2, "frame_idx", list(range(90, 102))), "outside [0, 100)"),
+    "track crossing a shot": (_cross_shot, "crosses a shot boundary"),
+    "linked pair sharing no frame": (_no_shared_frame, "sharing no frame"),
+    "duplicate track_id": (_set(3, "track_id", 3), "track_id not unique"),
+    "length mismatch": (_drop_det_score, "det_score: length != n_faces"),
+    "link to unknown track": (_set(2, "cannot_link", [99]), "not in the title"),
+    "self link": (_set(2, "cannot_link", [3]), "self-links"),
+    "link with invalid track": (_link_invalid, "invalid tracks"),
+    "bad box": (_set(0, "boxes", [[50, 20, 10, 70]] + [[10, 20, 50, 70]] * 9), "boxes not finite"),
+    "overlapping tracklet members": (_set(0, "tracklet_members", [[0, 1, 2], [2, 8, 7], [3, 4, 5]]),
+                                     "not disjoint"),
+    "tracklet member out of range": (
+        _set(0, "tracklet_members", [[0, 1, 2], [10, 8, 7], [3, 4, 5]]), "outside [0, n_faces)"),
+    "title_id mismatch": (_set(0, "title_id", "other"), "title_id column"),
+    "tracklet is not its members' mean": (_swap_tracklets, "normalised means of their"),
+    "mean_embedding is not the faces' mean": (_other_mean, "normalised mean of the track"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_each_corruption_is_reported(name):
+    corrupt, expected = CORRUPTIONS[name]
+    rows = copy.deepcopy(_rows())
+    corrupt(rows)
+    violations = validate_table(_table(rows))
+    assert any(expected in v for v in violations), (name, violations)
+
+
+def test_unlinked_cooccurring_valid_tracks_are_reported():
+    rows = _rows()
+    rows[0]["cannot_link"], rows[1]["cannot_link"] = [], []
+    rows[0]["hard_negative"] = rows[1]["hard_negative"] = None
+    assert any("not cannot-linked" in v for v in validate_table(_table(rows)))
+
+
+def test_short_valid_track_is_reported():
+    rows = _rows()
+    rows[2] = _track(np.random.default_rng(1), 3, 1, range(60, 65))
+    violations = validate_table(_table(rows))
+    assert any("shorter than 1.0 s" in v for v in violations), violations
+    meta = {k: v for k, v in META.items() if k not in ("min_track_seconds", "det_stride")}
+    assert validate_table(_table(rows, meta)) == []
+    assert any("shorter than 8 frames" in v
+               for v in validate_table(_table(rows, meta), min_track_frames=8))
+
+
+def test_wrong_schema_and_missing_metadata():
+    table = _table(_rows())
+    bad = table.drop_columns(["blur"])
+    assert any("missing column 'blur'" in v for v in validate_table(bad))
+    bare = table.replace_schema_metadata(None)
+    assert any("metadata" in v for v in validate_table(bare))
+
+
+def _write_output(url, n=2):
+    fs, root = storage.open_fs(url)
+    records = {}
+    for i in range(n):
+        meta = dict(META, title_id=f"t{i}")
+        rows = _rows()
+        for r in rows:
+            r["title_id"] = meta["title_id"]
+        table = _table(rows, meta)
+        path, sha = storage.write_shard(fs, root, table)
+        rec = {k: None for k in S.MANIFEST_FIELDS}
+        rec.update(title_id=meta["title_id"], source=meta["source_uri"], status=S.STATUS_DONE,
+                   shard_path=path, shard_sha256=sha, frames=100, faces=34, tracks=4,
+                   valid_tracks=3, cannot_link_pairs=1, seconds=1.0, config_hash="abc",
+                   backend="dlib", pipeline_version=S.PIPELINE_VERSION)
+        storage.write_record(fs, root, rec)
+        records[rec["title_id"]] = rec
+    storage.write_manifest(fs, root, records)
+    return fs, root, records
+
+
+def test_validate_output_clean(tmp_path, capsys):
+    _write_output(str(tmp_path))
+    report = validate_output(str(tmp_path))
+    assert report["ok"], report
+    assert report["n_shards"] == 2 and report["n_records"] == 2
+    assert validate_main(str(tmp_path)) == 0
+    assert "VALID" in capsys.readouterr().out
+
+
+def test_validate_output_sha_mismatch_and_missing_shard(tmp_path, capsys):
+    fs, root, records = _write_output(str(tmp_path), n=3)
+    rec = dict(records["t0"], shard_sha256="f" * 64)
+    storage.write_record(fs, root, rec)
+    fs.rm(storage.shard_path(root, "t1"))
+    rec2 = dict(records["t2"], tracks=5)
+    storage.write_record(fs, root, rec2)
+    report = validate_output(str(tmp_path))
+    assert not report["ok"]
+    assert any("t0" in v and "sha256 mismatch" in v for v in report["manifest"])
+    assert any("t1" in v and "missing" in v for v in report["manifest"])
+    assert any("tracks=5" in v for v in report["shards"]["t2"])
+    assert validate_main(str(tmp_path)) == 1
+    assert "INVALID" in capsys.readouterr().out
+
+
+def test_validate_output_orphan_shard_in_memory_fs():
+    url = "memory://validate-orphan"
+    fs, root, _ = _write_output(url, n=1)
+    try:
+        fs.rm(storage.record_path(root, "t0"))
+        report = validate_output(url)
+        assert any("no manifest record" in v for v in report["manifest"])
+        assert report["shards"]["t0"] == []
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_inspect_prints_manifest_and_shards(tmp_path, capsys):
+    from harvest.inspect_output import inspect_main
+    fs, root, records = _write_output(str(tmp_path), n=2)
+    storage.write_record(fs, root, dict(records["t1"], status=S.STATUS_FAILED, error="x" * 200))
+    (tmp_path / "shards" / "junk.parquet").write_bytes(b"not parquet")
+    assert inspect_main(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "t0" in out and "a.mp4" in out and "failed" in out and "unreadable" in out
+    assert "TOTAL" in out and "x" * 61 not in out
+    assert inspect_main(str(tmp_path / "nope")) == 1
