@@ -1,0 +1,90 @@
+"""Console entry points ``train`` and ``evaluate`` (also run by ``jobs/*.py`` under
+``ray job submit --working-dir . -- python jobs/train.py ...``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from training import cluster, registry
+
+
+def _ray_init():
+    import ray
+    if not ray.is_initialized():
+        ray.init()   # joins the job's cluster under `ray job submit`, else starts a local one
+
+
+def train_main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="train", description="Fit an adaptation head with Ray Train.")
+    p.add_argument("--head", required=True, choices=sorted(registry.HEADS))
+    p.add_argument("--shards", required=True, help="directory/URL of harvested Parquet shards")
+    p.add_argument("--output", required=True, help="Ray Train storage path (local or URL)")
+    p.add_argument("--name", help="run name under --output (default: the head); reusing it resumes")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--val-titles", nargs="+", help="validation titles (default: hashed fraction)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 100; early stopping)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--labels", help="identity CSV: BCL trains in supervised mode on these tracks")
+    args = p.parse_args(argv)
+    _ray_init()
+    from training.train import fit
+    identities = _track_identities(args.shards, args.labels) if args.labels else None
+    result = fit(args.head, args.shards, args.output, workers=args.workers, gpu=args.gpu,
+                 val_titles=args.val_titles, val_fraction=args.val_fraction, name=args.name,
+                 identities=identities, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    if result.error:
+        print(f"training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(f"final metrics: {result.metrics}")
+    best = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"], default=None)
+    if best:
+        print(f"best checkpoint (val_loss {best[1]['val_loss']:.5f}): {best[0].path}")
+    return 0
+
+
+def _track_identities(shards: str, labels_url: str) -> dict:
+    """(title_id, track_id) -> identity for every valid labelled track of the shards."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from training.columns import BOXES, FRAME_IDX, TRACK_ID
+    from training.data import _fs, shard_info
+    from training.labels import assign, read_labels
+    labels, out = read_labels(labels_url), {}
+    for info in shard_info(shards):
+        key = labels.key_for(info["title_id"], info["source_uri"])
+        if key is None:
+            continue
+        fs, p = _fs(info["path"])
+        with fs.open(p, "rb") as f:
+            t = pq.read_table(f, columns=[TRACK_ID, FRAME_IDX, BOXES])
+        ids = t[TRACK_ID].to_numpy()
+        who = assign(labels, key, ids, t[FRAME_IDX].to_pylist(), t[BOXES].to_pylist()) \
+            if labels.level == "box" else assign(labels, key, ids)
+        out.update({(info["title_id"], int(i)): w for i, w in zip(np.asarray(ids), who) if w})
+    return out
+
+
+def evaluate_main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="evaluate", description="Cluster held-out titles and score.")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--titles", nargs="+", help="titles to evaluate (default: all labelled)")
+    p.add_argument("--labels", required=True, help="track- or box-level identity CSV")
+    p.add_argument("--head", help="checkpoint directory of `train`, or the published BCL file")
+    p.add_argument("--method", nargs="+", default=list(cluster.METHODS), choices=cluster.METHODS)
+    p.add_argument("--linkage", default="average", choices=cluster.LINKAGES,
+                   help="HAC linkage (BCL's hac-threshold always uses complete)")
+    p.add_argument("--val-titles", nargs="+",
+                   help="titles that set the hac-threshold cut (default: leave-one-title-out)")
+    p.add_argument("--json", help="write {'results': [...]} here")
+    args = p.parse_args(argv)
+    from training.evaluate import evaluate, format_table, write_json
+    records = evaluate(args.shards, args.titles, args.labels, head=args.head, methods=args.method,
+                       linkage=args.linkage, val_titles=args.val_titles)
+    print(format_table(records))
+    if args.json:
+        write_json(records, args.json)
+    return 0

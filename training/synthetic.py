@@ -1,0 +1,165 @@
+"""Schema-valid synthetic shards for tests and benchmarks.
+
+Each title has ``n_identities`` identity centres on the unit sphere. Shots hold 1..``max_concurrent``
+tracks of distinct identities spanning the whole shot, so concurrent tracks are cannot-link.
+A face embedding is normalise(centre + track offset + face noise): the track offset (pose,
+lighting of that shot) is the nuisance an adaptation head can learn to remove. Tracklets are
+the three thirds of a track's faces; the hard negative is the cannot-link track whose mean is
+nearest to the anchor tracklet (methods.md 0). Boxes sit at one horizontal slot per concurrent
+track, so box-level labels can be matched by IoU.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harvest.schema import N_TRACKLETS, PIPELINE_VERSION, shard_schema, with_metadata
+
+BOX_W, BOX_H, SLOT_STEP = 80.0, 80.0, 150.0
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    dim: int = 32
+    n_identities: int = 6
+    tracks_per_title: int = 60
+    faces_per_track: tuple[int, int] = (3, 9)   # inclusive range; < 3 faces -> no tracklets
+    max_concurrent: int = 3
+    shot_frames: int = 48
+    track_offset: float = 0.6                   # nuisance scale relative to unit centres
+    face_noise: float = 0.25
+    invalid_fraction: float = 0.05
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _fsl(values: np.ndarray, size: int) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), size)
+
+
+def _lists(offsets: np.ndarray, values: pa.Array) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def make_title(title_id: str, spec: SyntheticSpec, seed: int) -> tuple[pa.Table, list, list]:
+    """-> (shard table with metadata, track label rows, box label rows)."""
+    rng = np.random.default_rng(seed)
+    d = spec.dim
+    centres = _unit(rng.standard_normal((spec.n_identities, d)))
+    # tracks per shot
+    ident, shot, slot, start = [], [], [], []
+    s = 0
+    while len(ident) < spec.tracks_per_title:
+        k = min(int(rng.integers(1, spec.max_concurrent + 1)), spec.tracks_per_title - len(ident),
+                spec.n_identities)
+        ident += list(rng.choice(spec.n_identities, size=k, replace=False))
+        shot += [s] * k
+        slot += list(range(k))
+        start += [s * spec.shot_frames] * k
+        s += 1
+    n = len(ident)
+    ident, shot, slot, start = map(np.asarray, (ident, shot, slot, start))
+    n_faces = rng.integers(spec.faces_per_track[0], spec.faces_per_track[1] + 1, size=n)
+    face_track = np.repeat(np.arange(n), n_faces)
+    face_off = np.concatenate([[0], np.cumsum(n_faces)])
+    pos = np.arange(len(face_track)) - face_off[face_track]
+    frames = start[face_track] + (pos * (spec.shot_frames - 1)) // np.maximum(n_faces[face_track] - 1, 1)
+    offsets = spec.track_offset * rng.standard_normal((n, d)) / np.sqrt(d) * np.sqrt(d / 4)
+    emb = _unit(centres[ident[face_track]] + offsets[face_track]
+                + spec.face_noise * rng.standard_normal((len(face_track), d)) / np.sqrt(d) * 2)
+    emb = emb.astype(np.float32)
+    mean = _unit(np.add.reduceat(emb, face_off[:-1], axis=0)).astype(np.float32)
+    # tracklets: thirds of the faces
+    has_tl = n_faces >= N_TRACKLETS
+    tracklets = np.zeros((n, N_TRACKLETS, d), np.float32)
+    members = []
+    for t in range(n):
+        parts = np.array_split(np.arange(n_faces[t]), N_TRACKLETS)
+        members.append([p.tolist() for p in parts] if has_tl[t] else [[] for _ in parts])
+        if has_tl[t]:
+            tracklets[t] = _unit(np.stack([emb[face_off[t] + p].mean(0) for p in parts]))
+    # cannot-link: valid tracks of the same shot; hard negative nearest to the anchor tracklet
+    track_ids = np.arange(n, dtype=np.int64) + 1000 * (seed % 7)
+    valid = rng.random(n) >= spec.invalid_fraction
+    cannot, hard = [], []
+    for t in range(n):
+        others = np.flatnonzero((shot == shot[t]) & (np.arange(n) != t) & valid & valid[t])
+        cannot.append(track_ids[others].tolist())
+        if len(others) and has_tl[t]:
+            dist = np.linalg.norm(mean[others] - tracklets[t, 0], axis=1)
+            hard.append(int(track_ids[others[np.argmin(dist)]]))
+        else:
+            hard.append(None)
+    boxes = np.zeros((len(face_track), 4), np.float32)
+    x0 = 20 + SLOT_STEP * slot[face_track] + rng.uniform(-3, 3, len(face_track))
+    y0 = 60 + rng.uniform(-3, 3, len(face_track))
+    boxes[:] = np.stack([x0, y0, x0 + BOX_W, y0 + BOX_H], axis=1)
+    face_lists = lambda values: _lists(face_off, values)
+    nf = len(face_track)
+    columns = {
+        "title_id": pa.array([title_id] * n, pa.string()),
+        "track_id": pa.array(track_ids, pa.int64()),
+        "shot_id": pa.array(shot, pa.int32()),
+        "n_faces": pa.array(n_faces, pa.int32()),
+        "frame_idx": face_lists(pa.array(frames, pa.int32())),
+        "boxes": face_lists(_fsl(boxes, 4)),
+        "landmarks": face_lists(_fsl(np.zeros((nf, 10), np.float32), 10)),
+        "det_score": face_lists(pa.array(np.full(nf, 0.9, np.float32))),
+        "face_size": face_lists(pa.array(np.full(nf, BOX_W, np.float32))),
+        "blur": face_lists(pa.array(np.full(nf, 100.0, np.float32))),
+        "embeddings": face_lists(_fsl(emb, d)),
+        "mean_embedding": _fsl(mean, d),
+        "tracklets": pa.FixedSizeListArray.from_arrays(
+            _fsl(tracklets.reshape(-1, d), d), N_TRACKLETS, mask=pa.array(~has_tl)),
+        "tracklet_members": pa.array(members, pa.list_(pa.list_(pa.int32()))),
+        "cannot_link": pa.array(cannot, pa.list_(pa.int64())),
+        "hard_negative": pa.array(hard, pa.int64()),
+        "track_quality": pa.array(np.ones(n, np.float32)),
+        "is_valid": pa.array(valid),
+        "invalid_reason": pa.array([None if v else "short" for v in valid], pa.string()),
+    }
+    schema = shard_schema(d)
+    meta = dict(title_id=title_id, source_uri=f"synthetic://{title_id}.mp4", fps=24.0, width=1280,
+                height=720, frame_count=int(start.max() + spec.shot_frames), backend="synthetic",
+                detector_file="", detector_sha256="", embedder_file="", embedder_sha256="",
+                embedding_dim=d, pipeline_version=PIPELINE_VERSION, config_hash="synthetic",
+                shot_boundaries=sorted(set(start.tolist())))
+    table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema},
+                                 schema=with_metadata(schema, meta))
+    names = [f"id{seed}_{i}" for i in range(spec.n_identities)]
+    track_rows = [(title_id, int(track_ids[t]), names[ident[t]]) for t in range(n)]
+    box_rows = [(f"{title_id}.mp4", int(frames[f]), *map(float, boxes[f]), names[ident[face_track[f]]])
+                for f in range(nf)]
+    return table, track_rows, box_rows
+
+
+def write_dataset(out_dir: str, n_titles: int, spec: SyntheticSpec = SyntheticSpec(),
+                  seed: int = 0) -> dict[str, str]:
+    """Write ``<out_dir>/shards/<title>.parquet`` and two label CSVs (track and box level).
+
+    Box-level labels use the source basename as ``title`` to exercise that match.
+    Returns paths: ``shards``, ``track_labels``, ``box_labels``.
+    """
+    shards = os.path.join(out_dir, "shards")
+    os.makedirs(shards, exist_ok=True)
+    paths = dict(shards=shards, track_labels=os.path.join(out_dir, "track_labels.csv"),
+                 box_labels=os.path.join(out_dir, "box_labels.csv"))
+    with open(paths["track_labels"], "w", newline="") as ft, \
+            open(paths["box_labels"], "w", newline="") as fb:
+        wt, wb = csv.writer(ft), csv.writer(fb)
+        wt.writerow(["title", "track_id", "identity"])
+        wb.writerow(["title", "frame", "x1", "y1", "x2", "y2", "identity"])
+        for i in range(n_titles):
+            title = f"title{i:03d}"
+            table, tracks, boxes = make_title(title, spec, seed * 1000 + i)
+            pq.write_table(table, os.path.join(shards, f"{title}.parquet"))
+            wt.writerows(tracks)
+            wb.writerows(boxes)
+    return paths
