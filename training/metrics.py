@@ -57,7 +57,7 @@ def overclustering_index(y, c) -> float:
 
 
 def tpr_at_fpr(emb: np.ndarray, y, fpr: float = 0.1, groups=None) -> float:
-    """Track-pair verification: TPR at ``fpr`` with cosine similarity of (N, E) embeddings.
+    """Track-pair verification: highest TPR with FPR <= ``fpr`` with cosine similarity of (N, E) embeddings.
 
     Pairs are taken within each group (title) when ``groups`` is given. NaN if a class of
     pairs is empty.
@@ -75,7 +75,7 @@ def tpr_at_fpr(emb: np.ndarray, y, fpr: float = 0.1, groups=None) -> float:
     if same.all() or not same.any():
         return float("nan")
     f, t, _ = skm.roc_curve(same, scores)
-    return float(np.interp(fpr, f, t))
+    return float(t[f <= fpr + 1e-12].max())   # best operating point with FPR <= fpr
 
 
 def clustering_scores(y, c) -> dict[str, float]:

@@ -30,11 +30,12 @@ HEAD_FILE = "head.json"
 class Objective(nn.Module):
     """Model + loss as one module, so DDP synchronises the loss's parameters (BCL radius) too."""
 
-    def __init__(self, head: str, in_dim: int):
+    def __init__(self, head: str, in_dim: int, model_kwargs: dict | None = None):
         super().__init__()
         spec = registry.get(head)
         self.head, self.in_dim = head, in_dim
-        self.model = spec.model(in_dim, **spec.model_kwargs)
+        self.model_kwargs = {**spec.model_kwargs, **(model_kwargs or {})}
+        self.model = spec.model(in_dim, **self.model_kwargs)
         self.loss = spec.loss(**spec.loss_kwargs)
         self._batch_loss = spec.batch_loss
 
@@ -112,7 +113,7 @@ def train_loop(config: dict) -> None:
     hp, head = config["hparams"], config["head"]
     train_s, val_s = ray.get(config["train_ref"]), ray.get(config["val_ref"])
     torch.manual_seed(hp["seed"])
-    objective = Objective(head, train_s.dim)
+    objective = Objective(head, train_s.dim, hp.get("model_kwargs"))
     optimizer = make_optimizer(objective, hp)
     state = dict(epoch=0, step=0, best=float("inf"), bad=0, stopped=False, history=[], init=None)
     ckpt = ray.train.get_checkpoint()
@@ -176,10 +177,9 @@ def train_loop(config: dict) -> None:
 
 
 def save_state(directory: str, obj: Objective, optimizer, state: dict, hp: dict) -> None:
-    spec = registry.get(obj.head)
     torch.save(dict(head=obj.head, in_dim=obj.in_dim, objective=obj.state_dict(),
                     optimizer=optimizer.state_dict(), state=state, hparams=hp,
-                    model_kwargs=spec.model_kwargs, loss_kwargs=spec.loss_kwargs),
+                    model_kwargs=obj.model_kwargs),
                os.path.join(directory, STATE_FILE))
     with open(os.path.join(directory, HEAD_FILE), "w") as f:
         json.dump(dict(head=obj.head, in_dim=obj.in_dim, epoch=state["epoch"]), f)
@@ -202,7 +202,7 @@ def load_head(path: str):
     if is_published_checkpoint(saved):
         model, loss = load_published(path)
         return "bcl", model, loss
-    obj = Objective(saved["head"], saved["in_dim"])
+    obj = Objective(saved["head"], saved["in_dim"], saved["model_kwargs"])
     obj.load_state_dict(saved["objective"])
     return saved["head"], obj.model.eval(), obj.loss
 
@@ -216,8 +216,8 @@ def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False
         engine: str = "ray", identities: dict | None = None, **overrides):
     """Train ``head`` on ``shards``; checkpoints under ``output/name``. Returns the Ray Result.
 
-    ``overrides`` (``epochs``, ``batch_size``, ``lr`` or any registry hyper-parameter) replace
-    the registry defaults; ``epochs`` is the maximum epoch count (early stopping may end sooner).
+    ``overrides`` (``epochs``, ``batch_size``, ``lr``, ``model_kwargs`` or any registry
+    hyper-parameter) replace the registry defaults; ``epochs`` is the maximum epoch count (early stopping may end sooner).
     """
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
