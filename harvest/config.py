@@ -28,15 +28,12 @@ class HarvestConfig:
     max_gap_seconds: float = 0.5     # longest gap inside a track
     min_track_seconds: float = 1.0   # shorter tracks are kept but is_valid=false (paper: 1 s)
     quality_mad_k: float = 2.7       # tracks with quality < mean - k*MAD are invalid
-    n_tracklets: int = 3             # hard-positive tracklets per track
 
     def __post_init__(self):
         if self.backend not in ("auto", "insightface", "dlib"):
             raise ValueError(f"unknown backend {self.backend!r}")
         if self.det_stride < 1:
             raise ValueError("det_stride must be >= 1")
-        if self.n_tracklets < 2:
-            raise ValueError("n_tracklets must be >= 2")
 
     def content_hash(self, resolved_backend: str, model_digest: str = "") -> str:
         """Hash of everything that shapes a shard: this config, the backend actually used,

@@ -16,6 +16,7 @@ from harvest.config import HarvestConfig, RunOptions
 from harvest.decode import ChunkedVideoReader, VideoInfo
 from harvest.faces.base import Detections, FaceBackend
 from harvest.miners import CannotLinkMiner, HardNegativeMiner, HardPositiveMiner, TrackSet, adjacency
+from harvest.schema import N_TRACKLETS
 from harvest.quality import blur_score, face_quality, face_size, mad_outliers, track_quality
 from harvest.shots import ShotDetector
 from harvest.stages import StageTimes, run_chain
@@ -150,7 +151,7 @@ def build_tracks(faces: FaceBatch, shots: ShotDetector, fps: float, config: Harv
     trackset = TrackSet([faces.frame_idx[m] for m in members], [faces.emb[m] for m in members], valid)
     pairs = CannotLinkMiner().mine(trackset)
     links = adjacency(pairs, len(members))
-    tracklets = HardPositiveMiner(config.n_tracklets).mine(trackset)
+    tracklets = HardPositiveMiner(N_TRACKLETS).mine(trackset)
     anchors = np.stack([tl.vectors[0] if tl.vectors is not None else mean
                         for tl, mean in zip(tracklets, trackset.mean_embeddings)]) \
         if members else np.zeros((0, faces.emb.shape[1]), np.float32)

@@ -31,7 +31,7 @@ def build_shard_table(title_id: str, tracks, meta: dict) -> pa.Table:
     T = len(members)
     nulls = [tl.vectors is None for tl in tracks.tracklets]
     vectors = np.stack([np.zeros((N_TRACKLETS, dim), np.float32) if tl.vectors is None
-                        else tl.vectors[:N_TRACKLETS] for tl in tracks.tracklets]) \
+                        else tl.vectors for tl in tracks.tracklets]) \
         if T else np.zeros((0, N_TRACKLETS, dim), np.float32)
     tracklets = pa.FixedSizeListArray.from_arrays(_fixed(vectors.reshape(-1, dim), dim),
                                                   N_TRACKLETS, mask=pa.array(nulls, pa.bool_()))

@@ -1,0 +1,54 @@
+"""Shared fixtures: the real test material in ../shared, one local Ray for the session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CROWD = SHARED / "data" / "crowd.mp4"
+OPEN_GOP = SHARED / "data" / "open_gop.mp4"
+FACE_PACK = SHARED / "models" / "face-pack"
+BCL_CHECKPOINT = SHARED / "models" / "bcl_iccv2019_mlp_256-256-128-64-64.pth.tar"
+
+
+def need(path: Path) -> str:
+    if not path.exists():
+        pytest.skip(f"test material {path} not present")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance (2 CPUs, as on CI) shared by every test that needs Ray."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+def write_no_face_video(path: str, frames: int = 40, size=(320, 180), fps: float = 25.0) -> str:
+    """A real (decodable) video of moving gradients with no faces in it."""
+    import cv2
+    w, h = size
+    out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    xs = np.linspace(0, 255, w, dtype=np.float32)
+    for i in range(frames):
+        row = ((xs + 4 * i) % 255).astype(np.uint8)
+        frame = np.dstack([np.tile(row, (h, 1)), np.full((h, w), 90, np.uint8),
+                           np.tile(row[::-1], (h, 1))])
+        out.write(frame)
+    out.release()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_fault_injection(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("HARVEST_FAULT_"):
+            monkeypatch.delenv(k)

@@ -1,0 +1,92 @@
+"""Face backends on real frames: batched inference equals the reference path, wiring of the registry."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import CROWD, FACE_PACK, SHARED, need
+from harvest.faces.base import FaceBackend
+from harvest.faces.registry import BACKENDS, load_backend, resolve
+
+
+@pytest.fixture(scope="module")
+def crowd_frames():
+    from harvest.decode import ChunkedVideoReader
+    with ChunkedVideoReader(need(CROWD), chunk_frames=4) as r:
+        return next(iter(r.chunks())).frames
+
+
+@pytest.fixture(scope="module")
+def insight():
+    return load_backend("insightface", need(FACE_PACK), 0.5, 640, threads=2)
+
+
+def test_registry_wiring():
+    assert all(issubclass(cls, FaceBackend) and cls.name == name for name, cls in BACKENDS.items())
+    assert resolve("auto", None)[0] in ("dlib", "insightface")
+    assert resolve("auto", need(FACE_PACK)) == ("insightface", need(FACE_PACK))
+    assert resolve("dlib", None) == ("dlib", None)
+    with pytest.raises(ValueError):
+        resolve("nope", None)
+
+
+def test_batched_scrfd_equals_insightface_single_image(insight, crowd_frames):
+    import cv2
+    batched = insight.detect(list(crowd_frames))
+    det = insight.detector
+    det.prepare(-1, input_size=(640, 640), det_thresh=0.5)
+    for frame, got in zip(crowd_frames, batched):
+        ref, kps = det.detect(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), input_size=(640, 640))
+        assert len(ref) == len(got) >= 5                   # a crowd: many faces
+        order_ref, order_got = np.argsort(ref[:, 0]), np.argsort(got.boxes[:, 0])
+        np.testing.assert_allclose(got.boxes[order_got], ref[order_ref, :4], atol=0.05)
+        np.testing.assert_allclose(got.kps[order_got], kps[order_ref], atol=0.05)
+
+
+def test_batched_embedding_equals_one_by_one(insight, crowd_frames):
+    dets = insight.detect([crowd_frames[0]])[0]
+    crops = insight.align(crowd_frames[0], dets)
+    assert crops.shape == (len(dets), 112, 112, 3)
+    batch = insight.embed(crops)
+    single = np.concatenate([insight.embed(crops[i:i + 1]) for i in range(len(crops))])
+    np.testing.assert_allclose(batch, single, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    assert batch.shape[1] == insight.embedding_dim == 128
+
+
+def test_same_face_in_next_frame_is_nearest(insight, crowd_frames):
+    a, b = insight.detect([crowd_frames[0], crowd_frames[1]])
+    ea = insight.embed(insight.align(crowd_frames[0], a))
+    eb = insight.embed(insight.align(crowd_frames[1], b))
+    from harvest.tracking import iou_matrix
+    iou = iou_matrix(a.boxes, b.boxes)
+    sims = ea @ eb.T
+    pairs = [(i, int(np.argmax(iou[i]))) for i in range(len(a)) if iou[i].max() > 0.7]
+    assert len(pairs) >= 4
+    assert np.mean([sims[i, j] for i, j in pairs]) > 0.7
+    assert np.mean([sims[i, j] for i, j in pairs]) > np.mean(sims) + 0.3
+
+
+def test_fixed_batch_detector_falls_back_to_a_loop(tmp_path, crowd_frames):
+    """scrfd_500m declares batch 1 and a 640x640 input: the backend loops and keeps the size."""
+    need(SHARED / "models" / "scrfd_500m_bnkps.onnx")
+    os.symlink(SHARED / "models" / "scrfd_500m_bnkps.onnx", tmp_path / "det.onnx")
+    os.symlink(FACE_PACK / "mobilefacenet_128.onnx", tmp_path / "rec.onnx")
+    b = load_backend("insightface", str(tmp_path), 0.5, 320)
+    assert b.det_size == 640
+    dets = b.detect(list(crowd_frames[:3]))
+    assert len(dets) == 3 and all(len(d) >= 3 for d in dets)
+
+
+def test_dlib_backend_detects_and_embeds(crowd_frames):
+    b = load_backend("dlib", None, 0.5, 1280)
+    dets = b.detect([crowd_frames[0]])[0]
+    assert len(dets) >= 1 and dets.kps.shape == (len(dets), 5, 2)
+    assert np.all((dets.scores >= 0.5) & (dets.scores <= 1))
+    x1, y1, x2, y2 = dets.boxes[0]                       # eyes inside the box, left eye left
+    assert x1 <= dets.kps[0, 0, 0] < dets.kps[0, 1, 0] <= x2
+    emb = b.embed(b.align(crowd_frames[0], dets))
+    assert emb.shape == (len(dets), 128)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert {m.role for m in b.model_files} == {"detector", "embedder"}
+    assert all(os.path.exists(m.path) for m in b.model_files)

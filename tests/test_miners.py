@@ -1,0 +1,108 @@
+"""Miners against brute-force references and the Multi-Face definitions."""
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+from harvest.miners import (CannotLinkMiner, HardNegativeMiner, HardPositiveMiner, TrackSet,
+                            adjacency, mine_tracklets)
+from harvest.miners.base import l2_normalize
+
+
+def random_tracks(rng, n_tracks=8, frames=60, dim=16, valid_p=0.8):
+    frame_idx, emb = [], []
+    for _ in range(n_tracks):
+        start = rng.integers(0, frames - 5)
+        stop = rng.integers(start + 3, frames + 1)
+        f = np.sort(rng.choice(np.arange(start, stop), size=rng.integers(3, stop - start + 1),
+                               replace=False))
+        frame_idx.append(f)
+        emb.append(l2_normalize(rng.normal(size=(len(f), dim)) + rng.normal(size=dim) * 3))
+    valid = rng.random(n_tracks) < valid_p
+    return TrackSet(frame_idx, emb, valid)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cannot_link_matches_brute_force(seed):
+    ts = random_tracks(np.random.default_rng(seed))
+    got = {tuple(p) for p in CannotLinkMiner().mine(ts)}
+    want = {(i, j) for i, j in combinations(range(len(ts)), 2)
+            if ts.is_valid[i] and ts.is_valid[j]
+            and set(ts.frame_idx[i]) & set(ts.frame_idx[j])}
+    assert got == want
+
+
+def test_cannot_link_ignores_invalid_and_disjoint_tracks():
+    e = l2_normalize(np.eye(3, 4))
+    ts = TrackSet([np.array([0, 1]), np.array([1, 2]), np.array([5, 6])],
+                  [e[:2], e[1:], e[:2]], np.array([True, False, True]))
+    assert CannotLinkMiner().mine(ts).shape == (0, 2)
+
+
+def brute_tracklets(emb, n=3):
+    """Direct transcription of methods.md section 0 (hard positives)."""
+    N = len(emb)
+    k = N // n
+    D = np.array([[np.linalg.norm(a - b) for b in emb] for a in emb])
+    best, a, p1 = -1, 0, 0
+    for i in range(N):
+        for j in range(N):
+            if D[i, j] > best:
+                best, a, p1 = D[i, j], i, j
+    pool = list(range(N))
+    groups = []
+    for t in range(n):
+        seed = a if t == 0 else (p1 if t == 1 and p1 in pool else max(pool, key=lambda i: D[a, i]))
+        take = sorted(pool, key=lambda i: D[seed, i])[:k]
+        pool = [i for i in pool if i not in take]
+        groups.append(sorted(take))
+    return groups
+
+
+@pytest.mark.parametrize("N", [3, 4, 7, 12, 31])
+def test_tracklets_match_brute_force(N):
+    rng = np.random.default_rng(N)
+    emb = l2_normalize(rng.normal(size=(N, 8)))
+    tl = mine_tracklets(emb, 3)
+    assert tl.members == brute_tracklets(emb)
+    k = N // 3
+    assert all(len(m) == k for m in tl.members)
+    assert len(set(sum(tl.members, []))) == 3 * k            # disjoint
+    np.testing.assert_allclose(np.linalg.norm(tl.vectors, axis=1), 1.0, atol=1e-5)
+    for v, m in zip(tl.vectors, tl.members):
+        np.testing.assert_allclose(v, l2_normalize(emb[m].mean(0)), atol=1e-5)
+
+
+def test_tracklets_anchor_and_first_positive_are_the_farthest_pair():
+    emb = l2_normalize(np.array([[1, 0], [0.9, 0.1], [0.7, 0.7], [0, 1], [-0.1, 1], [0.5, 0.8]]))
+    tl = mine_tracklets(emb, 3)
+    assert 0 in tl.members[0] and 4 in tl.members[1]      # unit(0) and the most rotated vector
+
+
+def test_short_tracks_get_no_tracklets():
+    emb = l2_normalize(np.eye(2, 4))
+    tl = mine_tracklets(emb, 3)
+    assert tl.vectors is None and tl.members == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hard_negative_is_nearest_cannot_linked_mean(seed):
+    ts = random_tracks(np.random.default_rng(seed), valid_p=1.0)
+    links = adjacency(CannotLinkMiner().mine(ts), len(ts))
+    tls = HardPositiveMiner(3).mine(ts)
+    anchors = np.stack([t.vectors[0] for t in tls])
+    hn = HardNegativeMiner().mine(ts, cannot_link=links, anchors=anchors)
+    for t in range(len(ts)):
+        if not links[t]:
+            assert hn[t] == -1
+            continue
+        d = {o: np.linalg.norm(ts.mean_embeddings[o] - anchors[t]) for o in links[t]}
+        assert hn[t] in links[t] and d[hn[t]] == min(d.values())
+
+
+def test_validation_rejects_bad_tracks():
+    e = l2_normalize(np.eye(2, 4))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        CannotLinkMiner().mine(TrackSet([np.array([2, 1])], [e], np.array([True])))
+    with pytest.raises(ValueError, match="unit-norm"):
+        CannotLinkMiner().mine(TrackSet([np.array([1, 2])], [e * 2], np.array([True])))
