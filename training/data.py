@@ -67,7 +67,7 @@ def read_tracks(url: str | list[str], columns=TRAIN_COLUMNS, engine: str = "ray"
     paths = list_shards(url) if isinstance(url, str) else list(url)
     if engine == "ray":
         import ray
-        ds = ray.data.read_parquet(paths, columns=list(columns))
+        ds = ray.data.read_parquet(paths).select_columns(list(columns))
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         table = pa.concat_tables(tables) if tables else None
         if table is None:
