@@ -46,7 +46,8 @@ class BallClusterLoss(BaseLoss):
         onehot = F.one_hot(inverse, k).to(x.dtype)                    # (N, K)
         sums = onehot.T @ x                                           # (K, E)
         centroids = sums / sums.norm(dim=1, keepdim=True)             # no eps, as the reference
-        d = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(dim=2)
+        d = ((x * x).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None, :]
+             - 2 * x @ centroids.T).clamp(min=0)                    # (N, K), no (N, K, E) tensor
         return d, inverse
 
     def compute(self, x, labels, allowed=None) -> dict[str, torch.Tensor]:
