@@ -148,22 +148,24 @@ def test_second_run_skips_done_titles_and_keeps_shards_byte_identical(insight_ru
 
 
 def test_dlib_backend_end_to_end(inputs, tmp_path, ray_cluster):
+    """dlib on the crowd clip (detection every 2nd frame to keep CI short; the labelled clip
+    with dlib is covered by tests/test_remote_io.py)."""
     d, _ = inputs
     src = tmp_path / "in"
     src.mkdir()
-    for name in ("crowd.mp4", "labelled.mp4"):
-        os.symlink(d / name, src / name)
+    os.symlink(d / "crowd.mp4", src / "crowd.mp4")
     out = tmp_path / "out"
     code = main(["run", "--input", str(src), "--output", str(out), "--backend", "dlib",
-                 "--no-progress", "--workers", "2"])
+                 "--det-stride", "2", "--no-progress", "--workers", "1", "--cpus-per-worker", "2"])
     assert code == EXIT_OK
     assert validate_main(str(out)) == 0
-    recs = records_of(out)
-    assert recs["labelled.mp4"]["valid_tracks"] >= 5 and recs["labelled.mp4"]["cannot_link_pairs"] >= 1
-    assert recs["crowd.mp4"]["status"] == "done"
-    table = pq.read_table(out / "shards" / f"{recs['crowd.mp4']['title_id']}.parquet")
-    assert read_metadata(table.schema)["backend"] == "dlib"
+    rec = records_of(out)["crowd.mp4"]
+    assert rec["status"] == "done" and rec["valid_tracks"] >= 2 and rec["cannot_link_pairs"] >= 1
+    table = pq.read_table(out / "shards" / f"{rec['title_id']}.parquet")
+    meta = read_metadata(table.schema)
+    assert meta["backend"] == "dlib" and meta["det_stride"] == 2
     assert table.schema.field("mean_embedding").type.list_size == 128
+    assert set(np.concatenate(table.column("frame_idx").to_pylist()) % 2) == {0}
 
 
 def test_hung_title_times_out_and_the_run_goes_on(inputs, tmp_path, ray_cluster, monkeypatch):
@@ -175,7 +177,7 @@ def test_hung_title_times_out_and_the_run_goes_on(inputs, tmp_path, ray_cluster,
     monkeypatch.setenv("HARVEST_FAULT_HANG_ON", "hangs.mp4")
     out = tmp_path / "out"
     code = main(["run", "--input", str(src), "--output", str(out), "--backend", "dlib",
-                 "--no-progress", "--workers", "2", "--title-timeout", "25"])
+                 "--no-progress", "--workers", "2", "--title-timeout", "15"])
     assert code == EXIT_TITLES_FAILED
     recs = records_of(out)
     assert recs["hangs.mp4"]["status"] == "failed" and "TimeoutError" in recs["hangs.mp4"]["error"]
