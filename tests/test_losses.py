@@ -164,6 +164,21 @@ def test_mvcorr_gradient_norm():
     assert float(v.grad[:, 0].norm()) == pytest.approx(0.103427, abs=1e-5)
 
 
+def test_mvcorr_is_finite_with_fewer_objects_than_dimensions():
+    """A small validation title gives batches with m < D: R_W is singular there. The loss must
+    stay finite (null directions count as ISC 0) and keep finite gradients."""
+    torch.manual_seed(0)
+    v = torch.randn(4, 3, 16, dtype=torch.float64, requires_grad=True)
+    isc = MvCorrLoss().isc(v)
+    # rank R_W <= 3 views x (4 - 1) = 9, so at least 7 of the 16 components are null directions
+    assert torch.isfinite(isc).all() and int((isc == 0).sum()) >= 16 - 9
+    assert float(isc.max()) <= 1.0 + 1e-9
+    loss = MvCorrLoss()(v)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(v.grad).all()
+
+
 # ---------------------------------------------------------------- gradients and toy problems
 @pytest.mark.parametrize("name", ["bcl", "imptriplet", "mvcorr"])
 def test_finite_gradients_and_loss_falls_on_toy_problem(name):

@@ -21,10 +21,9 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def cluster(ray_cluster):
+    """The session's local Ray (tests/conftest.py): 2 CPUs, as on CI."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,11 @@ class MvCorrLoss(BaseLoss):
         _, vecs = torch.linalg.eigh(c)
         w = chol_inv.T @ vecs.flip(-1)
         w = w / w.norm(dim=0, keepdim=True)
-        return torch.diagonal(w.T @ r_b @ w) / torch.diagonal(w.T @ r_w @ w)
+        num, den = torch.diagonal(w.T @ r_b @ w), torch.diagonal(w.T @ r_w @ w)
+        # With fewer objects than dimensions R_W is singular: along its null directions R_B is
+        # null too (0/0). Those components carry no correlation: count them as ISC 0, not NaN.
+        floor = 1e-9 * torch.diagonal(r_w).mean().clamp_min(1e-30)
+        return torch.where(den > floor, num / den.clamp_min(floor), torch.zeros_like(num))
 
     def compute(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mvcorr": -self.isc(views).mean().to(views.dtype)}
