@@ -13,6 +13,7 @@ import traceback
 
 from harvest import storage
 from harvest.config import HarvestConfig, RunOptions
+from harvest.decode import DecodeError
 from harvest.faces.registry import load_backend, model_files, resolve
 from harvest.faults import maybe_hang
 from harvest.pipeline import harvest_title
@@ -92,5 +93,5 @@ class TitleWorker:
 
 
 def _is_expected(exc: Exception) -> bool:
-    from harvest.decode import DecodeError
+    """Bad input, not a bug: the error line alone is enough (no traceback in the manifest)."""
     return isinstance(exc, (DecodeError, FileNotFoundError, PermissionError))
