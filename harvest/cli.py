@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
             bar.set_postfix_str(f"{record['title_id'][:24]} {record['status']}")
             bar.update(1)
 
-    records = harvest_sources(plan.todo, args.output, config, options, on_record=on_record)
+    records = harvest_sources(plan, args.output, config, options, on_record=on_record)
     if bar is not None:
         bar.close()
     all_records = storage.read_records(fs, root)

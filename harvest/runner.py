@@ -62,9 +62,10 @@ def _actor_class(ray):
     return HarvestActor
 
 
-def harvest_sources(todo: list, output_url: str, config: HarvestConfig, options: RunOptions,
+def harvest_sources(plan: Plan, output_url: str, config: HarvestConfig, options: RunOptions,
                     on_record=None) -> list[dict]:
-    """Harvest ``todo`` on Ray; returns one record per source (order of completion)."""
+    """Harvest ``plan.todo`` on Ray; returns one record per source (order of completion)."""
+    todo, backend_name, cfg_hash = plan.todo, plan.backend, plan.config_hash
     if not todo:
         return []
     ray = _ray()
@@ -75,7 +76,6 @@ def harvest_sources(todo: list, output_url: str, config: HarvestConfig, options:
     actor_opts = dict(num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
                       runtime_env={"env_vars": fault_env()} if fault_env() else None)
     fs, root = storage.open_fs(output_url)
-    backend_name, cfg_hash = config_hash(config)
 
     def spawn():
         return Actor.options(**actor_opts).remote(output_url, config, options, threads)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import fsspec
 
+from harvest.storage import is_local
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
 
 
@@ -62,8 +64,7 @@ def list_sources(url: str) -> list[Source]:
 def staged(uri: str, scratch_dir: str | None = None) -> Iterator[str]:
     """Yield a local path for ``uri``; remote files are copied to scratch and removed after."""
     fs, path = fsspec.core.url_to_fs(uri)
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
+    if is_local(fs):
         if not os.path.exists(path):
             raise FileNotFoundError(f"cannot read {uri}: no such file")
         yield path

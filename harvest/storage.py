@@ -40,9 +40,17 @@ def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, (root.rstrip("/") or "/")
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple:
+    return tuple(fs.protocol) if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local disk (paths usable by decord, onnxruntime, dlib as they are)."""
+    return any(p in ("file", "local") for p in _protocols(fs))
+
+
 def _is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return any(p in _OBJECT_STORES for p in protocols)
+    return any(p in _OBJECT_STORES for p in _protocols(fs))
 
 
 def sha256_bytes(data: bytes) -> str:

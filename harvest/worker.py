@@ -22,11 +22,15 @@ from harvest.shard import build_shard_table
 from harvest.sources import Source, staged
 
 
-def config_hash(config: HarvestConfig) -> tuple[str, str]:
-    """-> (backend actually used, hash of config + backend + model file digests)."""
-    name, model_dir = resolve(config.backend, config.models)
-    digest = hashlib.sha256("".join(m.sha256 for m in model_files(name, model_dir)).encode())
-    return name, config.content_hash(name, digest.hexdigest()[:16])
+def config_hash(config: HarvestConfig, files: list | None = None,
+                backend: str | None = None) -> tuple[str, str]:
+    """-> (backend actually used, hash of config + backend + model file digests).
+    ``files``/``backend`` of an already loaded backend avoid routing the model files again."""
+    if files is None:
+        backend, model_dir = resolve(config.backend, config.models)
+        files = model_files(backend, model_dir)
+    digest = hashlib.sha256("".join(m.sha256 for m in files).encode())
+    return backend, config.content_hash(backend, digest.hexdigest()[:16])
 
 
 def new_record(source: Source, cfg_hash: str, backend: str) -> dict:
@@ -50,10 +54,11 @@ class TitleWorker:
         self.config = config
         self.options = options or RunOptions()
         self.fs, self.root = storage.open_fs(output_url)
-        self.backend_name, self.config_hash = config_hash(config)
         self.backend = load_backend(config.backend, config.models, config.det_threshold,
                                     config.det_size, use_gpu=self.options.gpus_per_worker > 0,
                                     threads=threads)
+        self.backend_name, self.config_hash = config_hash(
+            config, self.backend.model_files, self.backend.name)
 
     def metadata(self, source: Source, result) -> dict:
         files = {m.role: m for m in self.backend.model_files}

@@ -108,16 +108,21 @@ def test_text_file_named_mp4(tmp_path):
         ChunkedVideoReader(str(p))
 
 
-@needs(CROWD)
-def test_audio_only_has_no_video_stream(tmp_path):
-    out = tmp_path / "audio.mp4"
-    with av.open(str(CROWD)) as src, av.open(str(out), "w") as dst:
-        a = src.streams.audio[0]
-        s = dst.add_stream_from_template(a)
-        for pkt in src.demux(a):
+def remux(src_path, out, kind: str, options=None):
+    """Copy one stream (``kind`` = "audio" or "video") of ``src_path`` into ``out`` (PyAV)."""
+    with av.open(str(src_path)) as src, av.open(str(out), "w", options=options or {}) as dst:
+        stream = getattr(src.streams, kind)[0]
+        s = dst.add_stream_from_template(stream)
+        for pkt in src.demux(stream):
             if pkt.dts is not None:
                 pkt.stream = s
                 dst.mux(pkt)
+    return out
+
+
+@needs(CROWD)
+def test_audio_only_has_no_video_stream(tmp_path):
+    out = remux(CROWD, tmp_path / "audio.mp4", "audio")
     with pytest.raises(DecodeError, match="no video stream"):
         ChunkedVideoReader(str(out))
 
@@ -138,15 +143,8 @@ def faststart_crowd(tmp_path_factory):
     """crowd.mp4 video remuxed with moov first, so a cut file still opens (a truncated tail)."""
     if not CROWD.exists():
         pytest.skip(f"{CROWD} not present")
-    out = tmp_path_factory.mktemp("fs") / "fs.mp4"
-    with av.open(str(CROWD)) as src, av.open(str(out), "w", options={"movflags": "faststart"}) as dst:
-        v = src.streams.video[0]
-        s = dst.add_stream_from_template(v)
-        for pkt in src.demux(v):
-            if pkt.dts is not None:
-                pkt.stream = s
-                dst.mux(pkt)
-    return out
+    return remux(CROWD, tmp_path_factory.mktemp("fs") / "fs.mp4", "video",
+                 options={"movflags": "faststart"})
 
 
 def test_faststart_cut_at_50_percent_is_truncated_tail(faststart_crowd, tmp_path):

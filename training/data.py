@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from harvest.schema import N_TRACKLETS, embedding_dim, read_metadata
+from harvest.storage import is_local
 from training.columns import (CANNOT_LINK, FRAME_IDX, HARD_NEGATIVE, IS_VALID, MEAN_EMBEDDING,
                               TITLE_ID, TRACK_ID, TRACKLETS, TRAIN_COLUMNS)
 
@@ -45,8 +46,7 @@ def list_shards(url: str) -> list[str]:
         files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
     if not files:
         raise FileNotFoundError(f"no .parquet shards under {url}")
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return [p if proto in ("file", "local") else f"{proto}://{p}" for p in files]
+    return [p if is_local(fs) else fs.unstrip_protocol(p) for p in files]
 
 
 def shard_info(url: str) -> list[dict]:

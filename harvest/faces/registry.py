@@ -66,8 +66,8 @@ def stage_models(url: str) -> str:
 
     import fsspec
     fs, path = fsspec.core.url_to_fs(url)
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
+    from harvest.storage import is_local
+    if is_local(fs):
         return path
     cache = os.path.join(os.path.expanduser("~/.cache/harvest/models"),
                          hashlib.sha256(url.encode()).hexdigest()[:16])
