@@ -76,11 +76,13 @@ class TitleResult:
 
 # -- stages ----------------------------------------------------------------------------------
 
-def decode_stage(reader: ChunkedVideoReader, shots: ShotDetector):
+def decode_stage(reader: ChunkedVideoReader, shots: ShotDetector, on_progress=None):
     def stage(_start: Iterator) -> Iterator:
         for _ in _start:
             for chunk in reader.chunks():
                 shots.update(chunk.start, chunk.frames)
+                if on_progress is not None:
+                    on_progress(chunk.stop, reader.info.reported_frames)
                 yield chunk
     return stage
 
@@ -161,14 +163,15 @@ def build_tracks(faces: FaceBatch, shots: ShotDetector, fps: float, config: Harv
 
 
 def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
-                  options: RunOptions | None = None) -> TitleResult:
-    """Harvest one local video file. Raises harvest.decode.DecodeError on unreadable input."""
+                  options: RunOptions | None = None, on_progress=None) -> TitleResult:
+    """Harvest one local video file. Raises harvest.decode.DecodeError on unreadable input.
+    ``on_progress(frames_decoded, frames_reported)`` is called after every decoded chunk."""
     options = options or RunOptions()
     t0 = time.perf_counter()
     times = StageTimes()
     shots = ShotDetector(config.shot_threshold, config.min_shot_frames)
     with ChunkedVideoReader(path, chunk_frames=options.chunk_frames) as reader:
-        stages = [("decode", decode_stage(reader, shots)),
+        stages = [("decode", decode_stage(reader, shots, on_progress)),
                   ("detect", detect_stage(backend, config.det_stride, options.det_batch,
                                           config.min_face_size)),
                   ("embed", embed_stage(backend, options.embed_batch))]

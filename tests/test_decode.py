@@ -12,15 +12,10 @@ decord = pytest.importorskip("decord")
 
 from harvest.decode import ChunkedVideoReader, DecodeError, FrameChunk  # noqa: E402
 
-DATA = Path("/work/shared/data")
-OPEN_GOP, CROWD = DATA / "open_gop.mp4", DATA / "crowd.mp4"
+from conftest import CROWD, OPEN_GOP, need  # noqa: E402
 # Measured: decord contiguous chunks vs PyAV rgb24 are bit-identical (mean abs diff 0.0);
 # wrong frames from decord seek reads differ by >= 4.7 on open_gop.mp4. Bound a bit above 0.
 MAX_MEAN_ABS_DIFF = 0.5
-
-
-def needs(path: Path):
-    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
 
 
 def pyav_frames(path) -> list[np.ndarray]:
@@ -56,9 +51,7 @@ def check_against(ref: list[np.ndarray], reader: ChunkedVideoReader) -> int:
 
 @pytest.fixture(scope="module")
 def open_gop_ref():
-    if not OPEN_GOP.exists():
-        pytest.skip(f"{OPEN_GOP} not present")
-    return pyav_frames(OPEN_GOP)
+    return pyav_frames(need(OPEN_GOP))
 
 
 @pytest.mark.parametrize("chunk_frames", [7, 32])
@@ -83,9 +76,8 @@ def test_decord_strided_get_batch_is_wrong_on_open_gop(open_gop_ref):
     assert wrong >= len(idx) // 4, f"{wrong}/{len(idx)} wrong"
 
 
-@needs(CROWD)
 def test_crowd_chunks_and_info():
-    with ChunkedVideoReader(str(CROWD), chunk_frames=32) as r:
+    with ChunkedVideoReader(need(CROWD), chunk_frames=32) as r:
         assert (r.info.width, r.info.height, r.info.fps, r.info.reported_frames) == (1920, 1080, 25.0, 105)
         sizes = [len(c.frames) for c in r.chunks()]
     assert sizes == [32, 32, 32, 9] and r.frames_read == 105 and not r.truncated
@@ -120,18 +112,16 @@ def remux(src_path, out, kind: str, options=None):
     return out
 
 
-@needs(CROWD)
 def test_audio_only_has_no_video_stream(tmp_path):
-    out = remux(CROWD, tmp_path / "audio.mp4", "audio")
+    out = remux(need(CROWD), tmp_path / "audio.mp4", "audio")
     with pytest.raises(DecodeError, match="no video stream"):
         ChunkedVideoReader(str(out))
 
 
-@needs(CROWD)
 @pytest.mark.parametrize("percent", [50, 10])
 def test_cut_mp4_without_moov_raises(tmp_path, percent):
     """crowd.mp4 keeps its moov index at the end: any cut loses it and nothing is decodable."""
-    data = CROWD.read_bytes()
+    data = Path(need(CROWD)).read_bytes()
     p = tmp_path / f"cut{percent}.mp4"
     p.write_bytes(data[: len(data) * percent // 100])
     with pytest.raises(DecodeError, match=r"truncated MP4 .*moov index is absent"):
@@ -141,9 +131,7 @@ def test_cut_mp4_without_moov_raises(tmp_path, percent):
 @pytest.fixture(scope="module")
 def faststart_crowd(tmp_path_factory):
     """crowd.mp4 video remuxed with moov first, so a cut file still opens (a truncated tail)."""
-    if not CROWD.exists():
-        pytest.skip(f"{CROWD} not present")
-    return remux(CROWD, tmp_path_factory.mktemp("fs") / "fs.mp4", "video",
+    return remux(need(CROWD), tmp_path_factory.mktemp("fs") / "fs.mp4", "video",
                  options={"movflags": "faststart"})
 
 

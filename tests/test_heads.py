@@ -9,14 +9,12 @@ import torch
 from training import registry
 from training.heads import EmbedMLP, ImpTripletHead, MvCorrHead, load_published
 
-CKPT = Path("/work/shared/models/bcl_iccv2019_mlp_256-256-128-64-64.pth.tar")
+from conftest import BCL_CHECKPOINT, need
 
 
 @pytest.fixture(scope="module")
 def published():
-    if not CKPT.exists():
-        pytest.skip("published BCL checkpoint not available")
-    return load_published(str(CKPT))
+    return load_published(need(BCL_CHECKPOINT))
 
 
 def test_published_checkpoint_radius(published):

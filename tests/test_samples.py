@@ -13,9 +13,7 @@ import dlib
 
 from harvest import samples
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRFD = next((p for p in (os.path.join(root, "shared", "models", "face-pack", "scrfd_2.5g_bnkps.onnx")
-                          for root in (os.path.dirname(_REPO), _REPO)) if os.path.exists(p)), "")
+from conftest import SCRFD_2_5G, need
 
 
 def iou(a, b):
@@ -161,11 +159,10 @@ def test_dlib_detects_truth_faces(clip):
     assert n >= 20 and hit / n >= 0.85, f"{hit}/{n}"
 
 
-@pytest.mark.skipif(not SCRFD, reason="shared/models/face-pack/scrfd_2.5g_bnkps.onnx not present")
 def test_scrfd_detects_truth_faces(clip):
     import insightface
     path, truth, vr = clip
-    model = insightface.model_zoo.get_model(SCRFD, providers=["CPUExecutionProvider"])
+    model = insightface.model_zoo.get_model(need(SCRFD_2_5G), providers=["CPUExecutionProvider"])
     model.prepare(ctx_id=-1, input_size=(640, 640))
     by_frame = _by_frame(truth)
     n = hit = 0
