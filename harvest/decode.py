@@ -49,9 +49,12 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class FrameChunk:
-    """Frames ``start .. stop-1`` of the video; ``frames`` is (n, H, W, 3) uint8 RGB."""
+    """Frames ``start .. stop-1`` of the video; ``frames`` is (n, H, W, 3) uint8 RGB;
+    ``pts`` is (n,) float64, each frame's presentation time in seconds (None: unknown, use
+    frame index / fps)."""
     start: int
     frames: np.ndarray
+    pts: np.ndarray | None = None
 
     @property
     def stop(self) -> int:
@@ -147,7 +150,7 @@ class ChunkedVideoReader:
                 yield from self._recover(a, err)
                 break
             self.frames_read = b
-            yield FrameChunk(a, frames)
+            yield FrameChunk(a, frames, self._pts(a, b))
             a = b
         if self.frames_read == 0:
             raise DecodeError(f"{self.path}: zero frames decodable ({self.truncated_reason or 'empty stream'})")
@@ -186,6 +189,13 @@ class ChunkedVideoReader:
             self.truncated_reason = (f"decoding stopped after {self.frames_read} of {n} reported frames"
                                      + (f"; file is {missing} bytes short of its last box" if missing else "")
                                      + f" (decord: {why})")
+
+    def _pts(self, a: int, b: int) -> np.ndarray | None:
+        """Presentation times (s) of frames a..b-1 from the container index (no decode, no seek)."""
+        try:
+            return self._vr.get_frame_timestamp(list(range(a, b)))[:, 0].astype(np.float64)
+        except (DECORDError, IndexError, RuntimeError):
+            return None
 
     def close(self) -> None:
         self._vr = None
