@@ -56,8 +56,7 @@ def main(argv=None) -> int:
         pack = os.path.join(SHARED, "models", "face-pack")
         models = pack if os.path.isdir(pack) else None
     config = HarvestConfig(backend=a.backend, models=models, det_stride=a.det_stride)
-    backend = load_backend(config.backend, config.models, config.det_threshold, config.det_size,
-                           threads=a.threads)
+    backend = load_backend(config, threads=a.threads)
     opts = RunOptions()
     print(f"video {video}\nbackend {backend.name} ({', '.join(m.name for m in backend.model_files)}),"
           f" det_stride {a.det_stride}, cpus {os.cpu_count()}, repeat {a.repeat} (best of)")

@@ -16,7 +16,7 @@ from harvest.schema import PIPELINE_VERSION
 
 @dataclass(frozen=True)
 class HarvestConfig:
-    backend: str = "auto"            # auto | insightface | dlib
+    backend: str = "auto"            # auto | a name in harvest.faces.registry
     models: str | None = None        # model directory (insightface); None: search defaults
     det_stride: int = 1              # run the detector every det_stride frames
     det_size: int = 640              # detector input side (insightface) / max side (dlib)
@@ -30,8 +30,8 @@ class HarvestConfig:
     quality_mad_k: float = 2.7       # tracks with quality < mean - k*MAD are invalid
 
     def __post_init__(self):
-        if self.backend not in ("auto", "insightface", "dlib"):
-            raise ValueError(f"unknown backend {self.backend!r}")
+        from harvest.faces.registry import validate_name
+        validate_name(self.backend)
         if self.det_stride < 1:
             raise ValueError("det_stride must be >= 1")
 

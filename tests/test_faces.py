@@ -6,7 +6,8 @@ import pytest
 
 from conftest import CROWD, FACE_PACK, SHARED, need
 from harvest.faces.base import FaceBackend
-from harvest.faces.registry import BACKENDS, load_backend, resolve
+from harvest.config import HarvestConfig
+from harvest.faces.registry import BACKENDS, choices, load_backend, model_files, resolve
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def crowd_frames():
 
 @pytest.fixture(scope="module")
 def insight():
-    return load_backend("insightface", need(FACE_PACK), 0.5, 640, threads=2)
+    return load_backend(HarvestConfig(backend="insightface", models=need(FACE_PACK)), threads=2)
 
 
 def test_registry_wiring():
@@ -28,6 +29,24 @@ def test_registry_wiring():
     assert resolve("dlib", None) == ("dlib", None)
     with pytest.raises(ValueError):
         resolve("nope", None)
+    with pytest.raises(ValueError):
+        HarvestConfig(backend="nope")
+    assert choices() == ["auto", *BACKENDS]
+
+
+def test_registry_entries_own_their_rules(tmp_path, monkeypatch):
+    """Each backend class carries its choice rule and files: auto prefers a found model pack,
+    falls back to the embedded default without one, and locate() names the files build() loads."""
+    monkeypatch.delenv("HARVEST_MODELS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))              # no ~/.insightface pack
+    assert resolve("auto", None) == ("dlib", None)
+    with pytest.raises(FileNotFoundError, match="needs --models"):
+        resolve("insightface", None)
+    files = model_files("insightface", need(FACE_PACK))
+    assert [m.role for m in files] == ["detector", "embedder"]
+    assert [os.path.basename(m.path) for m in files] == ["scrfd_2.5g_bnkps.onnx", "mobilefacenet_128.onnx"]
+    monkeypatch.setenv("HARVEST_MODELS", need(FACE_PACK))
+    assert resolve("auto", None) == ("insightface", need(FACE_PACK))
 
 
 def test_batched_scrfd_equals_insightface_single_image(insight, crowd_frames):
@@ -72,14 +91,14 @@ def test_fixed_batch_detector_falls_back_to_a_loop(tmp_path, crowd_frames):
     need(SHARED / "models" / "scrfd_500m_bnkps.onnx")
     os.symlink(SHARED / "models" / "scrfd_500m_bnkps.onnx", tmp_path / "det.onnx")
     os.symlink(FACE_PACK / "mobilefacenet_128.onnx", tmp_path / "rec.onnx")
-    b = load_backend("insightface", str(tmp_path), 0.5, 320)
+    b = load_backend(HarvestConfig(backend="insightface", models=str(tmp_path), det_size=320))
     assert b.det_size == 640
     dets = b.detect(list(crowd_frames[:3]))
     assert len(dets) == 3 and all(len(d) >= 3 for d in dets)
 
 
 def test_dlib_backend_detects_and_embeds(crowd_frames):
-    b = load_backend("dlib", None, 0.5, 1280)
+    b = load_backend(HarvestConfig(backend="dlib"))
     dets = b.detect([crowd_frames[0]])[0]
     assert len(dets) >= 1 and dets.kps.shape == (len(dets), 5, 2)
     assert np.all((dets.scores >= 0.5) & (dets.scores <= 1))

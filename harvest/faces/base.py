@@ -72,8 +72,39 @@ class FaceBackend(ABC):
     Frames are RGB uint8 arrays (H, W, 3). Subclasses implement ``_detect``, ``_align`` and
     ``_embed``; the public methods validate shapes and L2-normalise embeddings.
     ``det_threshold`` applies to ``Detections.scores`` (in [0, 1] for every backend).
+
+    A backend also carries its own registry entry (class attributes and class methods), so the
+    registry holds no per-backend knowledge:
+      ``name``            the ``--backend`` value;
+      ``auto_priority``   ``--backend auto`` tries backends in increasing priority;
+      ``needs_models``    whether it loads its files from a ``--models`` directory;
+      ``locate(dir)``     the files it would load (for config hashes), without loading them;
+      ``usable(dir)``     its rule for ``auto``: can it run here with this model directory;
+      ``build(dir, config, use_gpu, threads)``  an instance configured from a HarvestConfig.
     """
     name = "base"
+    auto_priority = 100
+    needs_models = False
+
+    @classmethod
+    @abstractmethod
+    def locate(cls, model_dir: str | None) -> list["ModelFile"]: ...
+
+    @classmethod
+    def usable(cls, model_dir: str | None) -> bool:
+        """``auto`` picks the first usable backend: by default, one whose files are found."""
+        if cls.needs_models and not model_dir:
+            return False
+        try:
+            cls.locate(model_dir)
+        except (FileNotFoundError, ModuleNotFoundError, ValueError):
+            return False
+        return True
+
+    @classmethod
+    @abstractmethod
+    def build(cls, model_dir: str | None, config, *, use_gpu: bool = False,
+              threads: int | None = None) -> "FaceBackend": ...
 
     def __init__(self, det_threshold: float = 0.5, det_size: int = 640):
         self.det_threshold = float(det_threshold)

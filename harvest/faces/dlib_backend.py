@@ -30,6 +30,18 @@ _FIVE_FROM_68 = (range(36, 42), range(42, 48), (30,), (48,), (54,))
 
 class DlibBackend(FaceBackend):
     name = "dlib"
+    auto_priority = 90          # the embedded default: models ship with registry packages
+
+    @classmethod
+    def locate(cls, model_dir: str | None = None, cnn: bool = False) -> list[ModelFile]:
+        root = dlib_model_dir()
+        return [ModelFile("detector", os.path.join(
+                    root, "mmod_human_face_detector.dat" if cnn else "shape_predictor_68_face_landmarks.dat")),
+                ModelFile("embedder", os.path.join(root, "dlib_face_recognition_resnet_model_v1.dat"))]
+
+    @classmethod
+    def build(cls, model_dir, config, *, use_gpu=False, threads=None) -> "DlibBackend":
+        return cls(det_threshold=config.det_threshold)
 
     def __init__(self, det_threshold: float = 0.5, det_size: int = 1280, upsample: int = 1,
                  cnn: bool = False):
@@ -38,9 +50,7 @@ class DlibBackend(FaceBackend):
 
         self._dlib = dlib
         root = dlib_model_dir()
-        self.detector_path = os.path.join(
-            root, "mmod_human_face_detector.dat" if cnn else "shape_predictor_68_face_landmarks.dat")
-        self.embedder_path = os.path.join(root, "dlib_face_recognition_resnet_model_v1.dat")
+        self.detector_path, self.embedder_path = (m.path for m in self.locate(None, cnn))
         self.cnn = cnn
         self.upsample = int(upsample)
         self.hog = None if cnn else dlib.get_frontal_face_detector()
@@ -50,7 +60,7 @@ class DlibBackend(FaceBackend):
 
     @property
     def model_files(self) -> list[ModelFile]:
-        return [ModelFile("detector", self.detector_path), ModelFile("embedder", self.embedder_path)]
+        return self.locate(None, self.cnn)
 
     @property
     def embedding_dim(self) -> int:

@@ -48,6 +48,26 @@ def _batch_dim_is_free(session) -> bool:
 
 class InsightFaceBackend(FaceBackend):
     name = "insightface"
+    auto_priority = 10          # preferred whenever a model pack is found
+    needs_models = True
+
+    @classmethod
+    def locate(cls, model_dir: str | None) -> list[ModelFile]:
+        if not model_dir:
+            raise FileNotFoundError("--backend insightface needs --models DIR (SCRFD + ArcFace .onnx)")
+        det, rec = find_model_pack(model_dir)
+        return [ModelFile("detector", det), ModelFile("embedder", rec)]
+
+    @classmethod
+    def usable(cls, model_dir: str | None) -> bool:
+        # a model directory was given or found: choose this backend, and let a bad pack fail
+        # loudly at load time rather than silently falling back to another backend
+        return bool(model_dir)
+
+    @classmethod
+    def build(cls, model_dir, config, *, use_gpu=False, threads=None) -> "InsightFaceBackend":
+        return cls(model_dir, det_threshold=config.det_threshold, det_size=config.det_size,
+                   use_gpu=use_gpu, threads=threads)
 
     def __init__(self, model_dir: str, det_threshold: float = 0.5, det_size: int = 640,
                  nms_threshold: float = 0.4, use_gpu: bool = False, threads: int | None = None):

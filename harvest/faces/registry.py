@@ -1,19 +1,33 @@
-"""The one place where face backends are registered and chosen."""
+"""The one place where face backends are registered and chosen.
+
+A backend is one class (``harvest.faces.base.FaceBackend``) that carries its own choice rule,
+files and construction from the config; registering it is one line in ``_REGISTERED``. Nothing
+else in the project names a backend.
+"""
 from __future__ import annotations
 
 import os
 
 from harvest.faces.base import FaceBackend, ModelFile
-from harvest.faces.dlib_backend import DlibBackend, dlib_model_dir
-from harvest.faces.insightface_backend import InsightFaceBackend, find_model_pack
+from harvest.faces.dlib_backend import DlibBackend
+from harvest.faces.insightface_backend import InsightFaceBackend
 
-BACKENDS: dict[str, type[FaceBackend]] = {
-    "insightface": InsightFaceBackend,
-    "dlib": DlibBackend,
-}
+_REGISTERED: tuple[type[FaceBackend], ...] = (InsightFaceBackend, DlibBackend)
+BACKENDS: dict[str, type[FaceBackend]] = {cls.name: cls for cls in _REGISTERED}
+AUTO = "auto"
 
-# Where `--backend auto` looks for an insightface pack when --models is not given.
+# Where backends that load a model directory look when --models is not given.
 DEFAULT_MODEL_DIRS = ("$HARVEST_MODELS", "~/.insightface/models/buffalo_l")
+
+
+def choices() -> list[str]:
+    """Valid ``--backend`` values."""
+    return [AUTO, *BACKENDS]
+
+
+def validate_name(name: str) -> None:
+    if name not in choices():
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(choices())}")
 
 
 def find_default_models() -> str | None:
@@ -25,39 +39,33 @@ def find_default_models() -> str | None:
 
 
 def resolve(backend: str, models: str | None) -> tuple[str, str | None]:
-    """-> (backend name, local model directory) that `backend` (auto|insightface|dlib) means here.
-    A remote --models URL is copied once into a local cache."""
+    """-> (backend name, local model directory) that ``backend`` (auto or a registered name)
+    means here. A remote --models URL is copied once into a local cache."""
+    validate_name(backend)
     models = stage_models(models) if models else None
-    if backend == "auto":
-        models = models or find_default_models()
-        return ("insightface", models) if models else ("dlib", None)
-    if backend == "insightface":
-        models = models or find_default_models()
-        if not models:
-            raise FileNotFoundError("--backend insightface needs --models DIR (SCRFD + ArcFace .onnx)")
-        return backend, models
-    if backend in BACKENDS:
+    if backend == AUTO:
+        model_dir = models or find_default_models()
+        for cls in sorted(_REGISTERED, key=lambda c: c.auto_priority):
+            if cls.usable(model_dir if cls.needs_models else None):
+                return cls.name, (model_dir if cls.needs_models else None)
+        raise FileNotFoundError("no face backend is usable here (no model directory, no dlib models)")
+    cls = BACKENDS[backend]
+    if not cls.needs_models:
         return backend, None
-    raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    model_dir = models or find_default_models()
+    cls.locate(model_dir)                     # raises a clear FileNotFoundError when absent
+    return backend, model_dir
 
 
 def model_files(name: str, model_dir: str | None) -> list[ModelFile]:
     """The files a backend would load, without loading it (for config hashes)."""
-    if name == "insightface":
-        det, rec = find_model_pack(model_dir)
-        return [ModelFile("detector", det), ModelFile("embedder", rec)]
-    root = dlib_model_dir()
-    return [ModelFile("detector", os.path.join(root, "shape_predictor_68_face_landmarks.dat")),
-            ModelFile("embedder", os.path.join(root, "dlib_face_recognition_resnet_model_v1.dat"))]
+    return BACKENDS[name].locate(model_dir)
 
 
-def load_backend(backend: str, models: str | None, det_threshold: float, det_size: int,
-                 use_gpu: bool = False, threads: int | None = None) -> FaceBackend:
-    name, model_dir = resolve(backend, models)
-    if name == "insightface":
-        return InsightFaceBackend(model_dir, det_threshold=det_threshold, det_size=det_size,
-                                  use_gpu=use_gpu, threads=threads)
-    return BACKENDS[name](det_threshold=det_threshold)
+def load_backend(config, use_gpu: bool = False, threads: int | None = None) -> FaceBackend:
+    """The backend a HarvestConfig asks for, built once per worker."""
+    name, model_dir = resolve(config.backend, config.models)
+    return BACKENDS[name].build(model_dir, config, use_gpu=use_gpu, threads=threads)
 
 
 def stage_models(url: str) -> str:
