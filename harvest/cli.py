@@ -16,7 +16,8 @@ EXIT_OK, EXIT_TITLES_FAILED, EXIT_USAGE = 0, 1, 2
 def _config_args(p: argparse.ArgumentParser) -> None:
     d = HarvestConfig()
     g = p.add_argument_group("harvest (changes shard content; part of the config hash)")
-    g.add_argument("--backend", default=d.backend, choices=["auto", "insightface", "dlib"])
+    from harvest.faces.registry import choices
+    g.add_argument("--backend", default=d.backend, choices=choices())
     g.add_argument("--models", default=d.models, help="directory or URL with one SCRFD and one ArcFace .onnx")
     g.add_argument("--det-stride", type=int, default=d.det_stride)
     g.add_argument("--det-size", type=int, default=d.det_size)

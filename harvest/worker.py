@@ -54,8 +54,7 @@ class TitleWorker:
         self.config = config
         self.options = options or RunOptions()
         self.fs, self.root = storage.open_fs(output_url)
-        self.backend = load_backend(config.backend, config.models, config.det_threshold,
-                                    config.det_size, use_gpu=self.options.gpus_per_worker > 0,
+        self.backend = load_backend(config, use_gpu=self.options.gpus_per_worker > 0,
                                     threads=threads)
         self.backend_name, self.config_hash = config_hash(
             config, self.backend.model_files, self.backend.name)
