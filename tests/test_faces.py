@@ -1,6 +1,7 @@
 """Face backends on real frames: batched inference equals the reference path, wiring of the registry."""
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -49,13 +50,40 @@ def test_registry_entries_own_their_rules(tmp_path, monkeypatch):
     assert resolve("auto", None) == ("insightface", need(FACE_PACK))
 
 
+def test_detector_input_keeps_the_aspect_ratio(insight, crowd_frames):
+    """16:9 frames go in as 640 x 384 (multiples of 32), not padded to 640 x 640, and find the
+    same faces as the square input."""
+    h, w = crowd_frames[0].shape[:2]
+    assert insight.input_shape(h, w) == (384, 640)
+    assert insight.input_shape(w, h) == (640, 384)
+    rect = insight.detect([crowd_frames[0]])[0]
+    square = insight.detector.detect(cv2.cvtColor(crowd_frames[0], cv2.COLOR_RGB2BGR),
+                                     input_size=(640, 640))[0]
+    assert abs(len(rect) - len(square)) <= max(1, 0.05 * len(square))
+    from harvest.tracking import iou_matrix
+    best = iou_matrix(rect.boxes, square[:, :4]).max(axis=1)
+    assert np.mean(best > 0.9) >= 0.9
+
+
+def test_batched_alignment_equals_insightface_norm_crop(crowd_frames, insight):
+    from insightface.utils.face_align import estimate_norm, norm_crop
+    from harvest.faces.align import similarity_transforms
+    dets = insight.detect([crowd_frames[0]])[0]
+    mats = similarity_transforms(dets.kps, 112)
+    ref = np.stack([estimate_norm(k, 112) for k in dets.kps])
+    np.testing.assert_allclose(mats, ref, atol=2e-3)
+    crops = insight.align(crowd_frames[0], dets)
+    ref_crops = np.stack([norm_crop(crowd_frames[0], k) for k in dets.kps])
+    assert np.abs(crops.astype(int) - ref_crops).max() <= 1
+
+
 def test_batched_scrfd_equals_insightface_single_image(insight, crowd_frames):
-    import cv2
     batched = insight.detect(list(crowd_frames))
     det = insight.detector
-    det.prepare(-1, input_size=(640, 640), det_thresh=0.5)
+    ih, iw = insight.input_shape(*crowd_frames[0].shape[:2])
+    det.prepare(-1, input_size=(iw, ih), det_thresh=0.5)
     for frame, got in zip(crowd_frames, batched):
-        ref, kps = det.detect(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), input_size=(640, 640))
+        ref, kps = det.detect(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), input_size=(iw, ih))
         assert len(ref) == len(got) >= 5                   # a crowd: many faces
         order_ref, order_got = np.argsort(ref[:, 0]), np.argsort(got.boxes[:, 0])
         np.testing.assert_allclose(got.boxes[order_got], ref[order_ref, :4], atol=0.05)

@@ -12,7 +12,10 @@ import os
 import cv2
 import numpy as np
 
+from harvest.faces.align import align_faces
 from harvest.faces.base import Detections, FaceBackend, ModelFile
+
+_STRIDE_MULTIPLE = 32      # SCRFD's largest feature stride: input sides must be multiples of it
 
 
 def find_model_pack(model_dir: str) -> tuple[str, str]:
@@ -88,8 +91,10 @@ class InsightFaceBackend(FaceBackend):
         self.recognizer = model_zoo.get_model(self.embedder_path, **kwargs)
         self._dim = int(self.recognizer.output_shape[1])
         fixed = self.detector.session.get_inputs()[0].shape[2:]
+        self._fixed_input = None
         if all(isinstance(v, int) for v in fixed):      # static-shape detector (e.g. 640x640)
-            self.det_size = int(fixed[0])
+            self._fixed_input = (int(fixed[0]), int(fixed[1]))
+            self.det_size = max(self._fixed_input)
 
     @property
     def model_files(self) -> list[ModelFile]:
@@ -100,12 +105,23 @@ class InsightFaceBackend(FaceBackend):
         return self._dim
 
     # -- detection -------------------------------------------------------------------------
+    def input_shape(self, h: int, w: int) -> tuple[int, int]:
+        """Detector input (height, width) for an h x w frame. SCRFD is fully convolutional: the
+        long side becomes ``det_size`` and the short side the next multiple of the largest
+        stride, so a 16:9 frame is not padded to a square (44 % of a 640 x 640 input was
+        padding). Detectors exported with a fixed input shape keep that shape."""
+        if self._fixed_input is not None:
+            return self._fixed_input
+        s, m = self.det_size, _STRIDE_MULTIPLE
+        scale = s / max(h, w)
+        return (max(m, -(-int(round(h * scale)) // m) * m), max(m, -(-int(round(w * scale)) // m) * m))
+
     def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
-        s = self.det_size
         h, w = frame.shape[:2]
-        scale = min(s / w, s / h)
+        ih, iw = self.input_shape(h, w)
+        scale = min(iw / w, ih / h)
         nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-        canvas = np.zeros((s, s, 3), np.uint8)
+        canvas = np.zeros((ih, iw, 3), np.uint8)
         canvas[:nh, :nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
         return canvas, scale
 
@@ -113,6 +129,7 @@ class InsightFaceBackend(FaceBackend):
         det = self.detector
         boxed = [self._letterbox(f) for f in frames]
         blob = np.stack([b for b, _ in boxed]).astype(np.float32)
+        shape = blob.shape[1:3]
         blob = ((blob - det.input_mean) / det.input_std).transpose(0, 3, 1, 2)
         blob = np.ascontiguousarray(blob)
         if _batch_dim_is_free(det.session):
@@ -121,19 +138,20 @@ class InsightFaceBackend(FaceBackend):
             per = [det.session.run(det.output_names, {det.input_name: blob[i:i + 1]})
                    for i in range(len(frames))]
             outs = [np.concatenate([p[k] for p in per]) for k in range(len(det.output_names))]
-        return [self._decode(outs, i, scale) for i, (_, scale) in enumerate(boxed)]
+        return [self._decode(outs, i, scale, shape) for i, (_, scale) in enumerate(boxed)]
 
-    def _decode(self, outs: list[np.ndarray], i: int, scale: float) -> Detections:
+    def _decode(self, outs: list[np.ndarray], i: int, scale: float,
+                shape: tuple[int, int]) -> Detections:
         from insightface.model_zoo.scrfd import distance2bbox, distance2kps
 
-        det, s, fmc = self.detector, self.det_size, self.detector.fmc
+        det, (ih, iw), fmc = self.detector, shape, self.detector.fmc
         scores_l, boxes_l, kps_l = [], [], []
         for level, stride in enumerate(det._feat_stride_fpn):
             scores = outs[level][i].reshape(-1)
             keep = np.where(scores >= self.det_threshold)[0]
             if keep.size == 0:
                 continue
-            centers = _anchor_centers(s // stride, s // stride, stride, det._num_anchors)[keep]
+            centers = _anchor_centers(ih // stride, iw // stride, stride, det._num_anchors)[keep]
             scores_l.append(scores[keep])
             boxes_l.append(distance2bbox(centers, outs[level + fmc][i][keep] * stride))
             kps = distance2kps(centers, outs[level + 2 * fmc][i][keep] * stride)
@@ -149,8 +167,7 @@ class InsightFaceBackend(FaceBackend):
 
     # -- alignment and embedding ------------------------------------------------------------
     def _align(self, frame: np.ndarray, dets: Detections) -> np.ndarray:
-        from insightface.utils.face_align import norm_crop
-        return np.stack([norm_crop(frame, k, image_size=self.crop_size) for k in dets.kps])
+        return align_faces(frame, dets.kps, self.crop_size)
 
     def _embed(self, crops: np.ndarray) -> np.ndarray:
         rec = self.recognizer
