@@ -59,6 +59,19 @@ class TitleWorker:
         self.backend_name, self.config_hash = config_hash(
             config, self.backend.model_files, self.backend.name)
 
+    def track_progress(self, source: Source):
+        """An ``on_progress`` for ``harvest_title`` that keeps ``self.progress`` current (read
+        from another thread by the runner's actor): title_id, frames, total, fps."""
+        started = time.perf_counter()
+        self.progress = {"title_id": source.title_id, "frames": 0, "total": 0, "fps": 0.0}
+
+        def update(frames: int, total: int) -> None:
+            elapsed = time.perf_counter() - started
+            self.progress = {"title_id": source.title_id, "frames": int(frames),
+                             "total": int(total or 0),
+                             "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0}
+        return update
+
     def metadata(self, source: Source, result) -> dict:
         files = {m.role: m for m in self.backend.model_files}
         return {
@@ -78,7 +91,8 @@ class TitleWorker:
         try:
             maybe_hang(source.uri)
             with staged(source.uri, self.options.scratch_dir) as local:
-                result = harvest_title(local, self.backend, self.config, self.options)
+                result = harvest_title(local, self.backend, self.config, self.options,
+                                       on_progress=self.track_progress(source))
             table = build_shard_table(source.title_id, result.tracks, self.metadata(source, result))
             path, sha = storage.write_shard(self.fs, self.root, table)
             valid = table.column("is_valid").to_pylist()
