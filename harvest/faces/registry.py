@@ -11,8 +11,9 @@ import os
 from harvest.faces.base import FaceBackend, ModelFile
 from harvest.faces.dlib_backend import DlibBackend
 from harvest.faces.insightface_backend import InsightFaceBackend
+from harvest.faces.torch_backend import TorchFaceBackend
 
-_REGISTERED: tuple[type[FaceBackend], ...] = (InsightFaceBackend, DlibBackend)
+_REGISTERED: tuple[type[FaceBackend], ...] = (TorchFaceBackend, InsightFaceBackend, DlibBackend)
 BACKENDS: dict[str, type[FaceBackend]] = {cls.name: cls for cls in _REGISTERED}
 AUTO = "auto"
 

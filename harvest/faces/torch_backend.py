@@ -1,0 +1,244 @@
+"""torch backend: the same SCRFD + ArcFace-format ONNX pair as ``insightface``, run as torch
+modules converted once from the ONNX files (onnx2torch), device-agnostic.
+
+On a GPU everything after the upload runs on the device: resize + pad + normalise, the batched
+networks in fp16, SCRFD box/keypoint decoding, the score cut and NMS, and the 5-point alignment
+as one batched ``grid_sample`` warp. On CPU it runs the same code in float32 (that is how CI
+tests it); onnxruntime (``insightface`` backend) is faster on CPU, so ``auto`` only chooses this
+backend when CUDA is available.
+
+Numerical agreement with the onnxruntime backend (same detections, same embeddings, same tracks)
+is tested on ``crowd.mp4`` in tests/test_torch_backend.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from harvest.faces.align import similarity_transforms
+from harvest.faces.base import Detections, FaceBackend, ModelFile
+from harvest.faces.insightface_backend import find_model_pack
+
+_STRIDE_MULTIPLE = 32
+_MAX_CANDIDATES = 4000      # per image, before NMS (highest scores kept)
+
+
+def _device(use_gpu: bool):
+    import torch
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def convert_onnx(path: str):
+    """ONNX file -> torch module in eval mode (the one place the conversion happens)."""
+    import onnx
+    from onnx2torch import convert
+    return convert(onnx.load(path)).eval()
+
+
+class TorchFaceBackend(FaceBackend):
+    name = "torch"
+    auto_priority = 5           # first choice where a GPU is present (see ``usable``)
+    needs_models = True
+
+    @classmethod
+    def locate(cls, model_dir: str | None) -> list[ModelFile]:
+        if not model_dir:
+            raise FileNotFoundError("--backend torch needs --models DIR (SCRFD + ArcFace .onnx)")
+        det, rec = find_model_pack(model_dir)
+        return [ModelFile("detector", det), ModelFile("embedder", rec)]
+
+    @classmethod
+    def usable(cls, model_dir: str | None) -> bool:
+        try:
+            import onnx2torch  # noqa: F401
+            import torch
+        except ImportError:
+            return False
+        return bool(model_dir) and torch.cuda.is_available()
+
+    @classmethod
+    def build(cls, model_dir, config, *, use_gpu=False, threads=None) -> "TorchFaceBackend":
+        # a Ray worker without a reserved GPU sees no CUDA device, so "use one if visible" is safe
+        return cls(model_dir, det_threshold=config.det_threshold, det_size=config.det_size,
+                   use_gpu=True, threads=threads)
+
+    def __init__(self, model_dir: str, det_threshold: float = 0.5, det_size: int = 640,
+                 nms_threshold: float = 0.4, use_gpu: bool = False, threads: int | None = None,
+                 fp16: bool | None = None):
+        super().__init__(det_threshold, det_size)
+        import onnx
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.detector_path, self.embedder_path = find_model_pack(model_dir)
+        self.device = _device(use_gpu)
+        self.fp16 = (self.device.type == "cuda") if fp16 is None else bool(fp16)
+        self.dtype = torch.float16 if self.fp16 else torch.float32
+        self.nms_threshold = float(nms_threshold)
+
+        det_graph = onnx.load(self.detector_path).graph
+        n_out = len(det_graph.output)
+        # SCRFD export layouts (as insightface.model_zoo.scrfd reads them)
+        self.fmc, self.strides, self.num_anchors, self.use_kps = {
+            6: (3, (8, 16, 32), 2, False), 9: (3, (8, 16, 32), 2, True),
+            10: (5, (8, 16, 32, 64, 128), 1, False), 15: (5, (8, 16, 32, 64, 128), 1, True),
+        }[n_out]
+        if not self.use_kps:
+            raise ValueError(f"{self.detector_path}: SCRFD without keypoints cannot align faces")
+        dims = det_graph.input[0].type.tensor_type.shape.dim
+        fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:]]
+        self._fixed_input = tuple(fixed) if all(fixed) else None
+        self._fixed_batch = dims[0].HasField("dim_value") and dims[0].dim_value > 0
+        if self._fixed_input:
+            self.det_size = max(self._fixed_input)
+        self.detector = convert_onnx(self.detector_path).to(self.device, self.dtype)
+        self.recognizer = convert_onnx(self.embedder_path).to(self.device, self.dtype)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, 112, 112, device=self.device, dtype=self.dtype)
+            self._dim = int(self.recognizer(probe).reshape(1, -1).shape[1])
+        self._centers: dict = {}
+
+    @property
+    def model_files(self) -> list[ModelFile]:
+        return [ModelFile("detector", self.detector_path), ModelFile("embedder", self.embedder_path)]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
+
+    # -- detection ------------------------------------------------------------------------
+    def input_shape(self, h: int, w: int) -> tuple[int, int]:
+        """Same rule as the insightface backend: long side ``det_size``, short side rounded up
+        to a multiple of 32 (fixed-shape exports keep their shape)."""
+        if self._fixed_input is not None:
+            return self._fixed_input
+        s, m = self.det_size, _STRIDE_MULTIPLE
+        scale = s / max(h, w)
+        return (max(m, -(-int(round(h * scale)) // m) * m), max(m, -(-int(round(w * scale)) // m) * m))
+
+    def _to_device(self, frames) -> "torch.Tensor":
+        """list of (H, W, 3) uint8 numpy (or one (N, H, W, 3) uint8 tensor already on the
+        device, e.g. from a GPU decoder) -> (N, 3, H, W) uint8 on the device."""
+        import torch
+        if isinstance(frames, torch.Tensor):
+            x = frames.to(self.device, non_blocking=True)
+        else:
+            x = torch.from_numpy(np.stack(frames))
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+        return x.permute(0, 3, 1, 2)
+
+    def _anchor_centers(self, ih: int, iw: int, stride: int):
+        import torch
+        key = (ih, iw, stride)
+        if key not in self._centers:
+            h, w = ih // stride, iw // stride
+            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            c = torch.stack([xs, ys], dim=-1).reshape(-1, 2).float() * stride
+            self._centers[key] = c.repeat_interleave(self.num_anchors, dim=0).to(self.device)
+        return self._centers[key]
+
+    def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            x = self._to_device(frames)
+            n, _, h, w = x.shape
+            ih, iw = self.input_shape(h, w)
+            scale = min(iw / w, ih / h)
+            nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+            small = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False)
+            blob = torch.zeros(n, 3, ih, iw, device=self.device, dtype=torch.float32)
+            blob[:, :, :nh, :nw] = (small.round().clamp(0, 255) - 127.5) / 128.0
+            blob = blob.to(self.dtype)
+            if self._fixed_batch:
+                per = [self.detector(blob[i:i + 1]) for i in range(n)]
+                outs = [torch.cat([p[k] for p in per]) for k in range(len(per[0]))]
+            else:
+                outs = list(self.detector(blob))
+            return [self._decode([o[i].float() for o in outs], scale, (ih, iw)) for i in range(n)]
+
+    def _decode(self, outs: list, scale: float, shape: tuple[int, int]) -> Detections:
+        import torch
+        fmc = self.fmc
+        scores_l, boxes_l, kps_l = [], [], []
+        for level, stride in enumerate(self.strides):
+            scores = outs[level].reshape(-1)
+            keep = torch.nonzero(scores >= self.det_threshold).squeeze(1)
+            if keep.numel() == 0:
+                continue
+            centers = self._anchor_centers(*shape, stride)[keep]
+            d = outs[level + fmc].reshape(-1, 4)[keep] * stride
+            boxes_l.append(torch.cat([centers - d[:, :2], centers + d[:, 2:]], dim=1))
+            k = outs[level + 2 * fmc].reshape(-1, 10)[keep] * stride
+            kps_l.append(centers.repeat(1, 5) + k)
+            scores_l.append(scores[keep])
+        if not scores_l:
+            return Detections.empty()
+        scores = torch.cat(scores_l)
+        boxes = torch.cat(boxes_l) / scale
+        kps = torch.cat(kps_l) / scale
+        order = torch.argsort(scores, descending=True, stable=True)[:_MAX_CANDIDATES]
+        keep = order[_nms(boxes[order], self.nms_threshold)]
+        return Detections(boxes[keep].cpu().numpy().astype(np.float32),
+                          kps[keep].reshape(-1, 5, 2).cpu().numpy().astype(np.float32),
+                          scores[keep].cpu().numpy().astype(np.float32))
+
+    # -- alignment and embedding -----------------------------------------------------------
+    def _align(self, frame, dets: Detections) -> np.ndarray:
+        import torch
+        crops = self.align_on_device(self._to_device([frame]) if isinstance(frame, np.ndarray)
+                                     else frame.unsqueeze(0).permute(0, 3, 1, 2), dets.kps)
+        return crops.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    def align_on_device(self, frame_nchw, kps: np.ndarray):
+        """(1, 3, H, W) uint8 frame on the device + (n, 5, 2) landmarks -> (n, 3, S, S) float
+        crops on the device: one batched bilinear warp (zeros outside the frame, like
+        cv2.warpAffine with borderValue 0)."""
+        import torch
+        import torch.nn.functional as F
+        S = self.crop_size
+        _, _, H, W = frame_nchw.shape
+        M = similarity_transforms(kps, S)                        # source -> crop, (n, 2, 3)
+        A = np.concatenate([M, np.tile([[[0.0, 0.0, 1.0]]], (len(M), 1, 1))], axis=1)
+        inv = np.linalg.inv(A)[:, :2]                             # crop -> source pixels
+        # affine_grid works in normalised coordinates (align_corners=False): map crop [-1, 1]
+        # to crop pixels, through inv, to source pixels, to source [-1, 1]
+        to_px = np.array([[S / 2, 0, S / 2 - 0.5], [0, S / 2, S / 2 - 0.5], [0, 0, 1]])
+        from_px = np.array([[2 / W, 0, 1 / W - 1], [0, 2 / H, 1 / H - 1], [0, 0, 1]])
+        theta = np.einsum("ij,njk,kl->nil", from_px, np.concatenate(
+            [inv, np.tile([[[0.0, 0.0, 1.0]]], (len(inv), 1, 1))], axis=1), to_px)[:, :2]
+        theta_t = torch.as_tensor(theta, dtype=torch.float32, device=frame_nchw.device)
+        grid = F.affine_grid(theta_t, (len(M), 3, S, S), align_corners=False)
+        src = frame_nchw.float().expand(len(M), -1, -1, -1)
+        return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _embed(self, crops: np.ndarray) -> np.ndarray:
+        import torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2)
+            x = ((x.float() - 127.5) / 127.5).to(self.dtype)
+            return self.recognizer(x).reshape(len(crops), -1).float().cpu().numpy()
+
+
+def _nms(boxes, threshold: float):
+    """Greedy NMS with insightface's +1 pixel area convention. boxes (K, 4) sorted by score
+    (descending), on any device -> indices kept (ascending = by score). The K x K overlap test
+    runs on the device; the sequential sweep runs on a K x K boolean matrix on the host."""
+    import torch
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    w = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None]) + 1).clamp(min=0)
+    h = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None]) + 1).clamp(min=0)
+    inter = w * h
+    over = (inter / (area[:, None] + area[None] - inter) > threshold).cpu().numpy()
+    alive = np.ones(len(over), bool)
+    keep = []
+    for i in range(len(over)):
+        if alive[i]:
+            keep.append(i)
+            alive[i + 1:] &= ~over[i, i + 1:]
+    return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)

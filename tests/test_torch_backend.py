@@ -1,0 +1,106 @@
+"""The torch backend (ONNX converted with onnx2torch, device-agnostic) against the onnxruntime
+backend on real frames: same detections, same embeddings, same tracks. Runs on CPU here; on a GPU
+node the same code runs on CUDA in fp16."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import CROWD, FACE_PACK, need
+from harvest.config import HarvestConfig
+from harvest.faces.registry import load_backend, resolve
+from harvest.tracking import iou_matrix
+
+pytest.importorskip("onnx2torch")
+
+
+@pytest.fixture(scope="module")
+def backends():
+    ort = load_backend(HarvestConfig(backend="insightface", models=need(FACE_PACK)), threads=2)
+    tb = load_backend(HarvestConfig(backend="torch", models=need(FACE_PACK)), threads=2)
+    return ort, tb
+
+
+@pytest.fixture(scope="module")
+def crowd_every_5th():
+    from harvest.decode import ChunkedVideoReader
+    with ChunkedVideoReader(need(CROWD), chunk_frames=35) as r:
+        return [f for c in r.chunks() for i, f in enumerate(c.frames) if (c.start + i) % 5 == 0]
+
+
+def test_same_detections_as_onnxruntime(backends, crowd_every_5th):
+    ort, tb = backends
+    assert tb.device.type in ("cpu", "cuda") and tb.embedding_dim == ort.embedding_dim == 128
+    n_ort = n_torch = matched = 0
+    for s in range(0, len(crowd_every_5th), 8):
+        frames = crowd_every_5th[s:s + 8]
+        for a, b in zip(ort.detect(frames), tb.detect(frames)):
+            n_ort, n_torch = n_ort + len(a), n_torch + len(b)
+            if len(a) and len(b):
+                matched += int((iou_matrix(a.boxes, b.boxes).max(axis=1) > 0.9).sum())
+    assert n_ort >= 100                                   # a crowd: many faces
+    assert abs(n_torch - n_ort) <= 0.02 * n_ort
+    assert matched >= 0.98 * n_ort
+
+
+def test_same_embeddings_as_onnxruntime(backends, crowd_every_5th):
+    ort, tb = backends
+    frame = crowd_every_5th[0]
+    dets = ort.detect([frame])[0]
+    e_ort = ort.embed(ort.align(frame, dets))
+    e_torch = tb.embed(tb.align(frame, dets))            # torch warp + torch network
+    assert len(dets) >= 5
+    assert np.min(np.sum(e_ort * e_torch, axis=1)) > 0.99
+    crops_ort, crops_torch = ort.align(frame, dets), tb.align(frame, dets)
+    assert np.abs(crops_ort.astype(int) - crops_torch).max() <= 2   # one batched grid_sample warp
+
+
+def test_nms_equals_insightface_reference():
+    import torch
+    from insightface.model_zoo.scrfd import SCRFD
+    from harvest.faces.torch_backend import _nms
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        xy = rng.uniform(0, 200, (60, 2))
+        wh = rng.uniform(5, 60, (60, 2))
+        boxes = np.hstack([xy, xy + wh]).astype(np.float32)
+        scores = rng.uniform(0.5, 1, 60).astype(np.float32)
+        order = np.argsort(-scores, kind="stable")
+        ref = SCRFD.nms(type("R", (), {"nms_thresh": 0.4})(), np.hstack([boxes, scores[:, None]]))
+        got = order[_nms(torch.from_numpy(boxes[order]), 0.4).numpy()]
+        assert list(got) == list(ref)
+
+
+def test_auto_never_picks_torch_without_cuda():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: auto picks torch here by design")
+    assert resolve("auto", need(FACE_PACK))[0] == "insightface"
+    assert resolve("torch", need(FACE_PACK)) == ("torch", need(FACE_PACK))
+
+
+def test_harvest_gives_the_same_tracks_with_either_backend(tmp_path):
+    """The whole per-title pipeline (a worker, no Ray) with each backend: the same tracks."""
+    import pyarrow.parquet as pq
+    from harvest.sources import list_sources
+    from harvest.worker import TitleWorker
+    source = list_sources(need(CROWD))[0]
+    tracks = {}
+    for name in ("insightface", "torch"):
+        config = HarvestConfig(backend=name, models=need(FACE_PACK), det_stride=3)
+        record = TitleWorker(str(tmp_path / name), config, threads=2).process(source)
+        assert record["status"] == "done", record["error"]
+        table = pq.read_table(record["shard_path"], columns=["frame_idx", "boxes"]).to_pydict()
+        tracks[name] = [(tuple(f), np.array(b, np.float32))
+                        for f, b in zip(table["frame_idx"], table["boxes"])]
+    a, b = tracks["insightface"], tracks["torch"]
+    assert len(a) >= 10
+    assert abs(len(a) - len(b)) <= 1
+    free, same = list(b), 0                     # same frames, and the same face on every frame
+    for frames, boxes in a:
+        for k, (f2, b2) in enumerate(free):
+            if f2 == frames and np.diag(iou_matrix(boxes, b2)).min() > 0.8:
+                same += 1
+                free.pop(k)
+                break
+    assert same >= 0.9 * len(a), f"{same} of {len(a)} tracks identical"
