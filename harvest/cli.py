@@ -36,7 +36,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=d.workers, help="Ray actors (default: CPUs / --cpus-per-worker)")
     g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
     g.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
-    g.add_argument("--title-timeout", type=float, default=d.title_timeout, help="seconds per title")
+    g.add_argument("--title-timeout", type=float, default=d.title_timeout,
+                   help="seconds a title may run on a live worker")
+    g.add_argument("--max-attempts", type=int, default=d.max_attempts,
+                   help="tries per title when its worker, actor or node dies")
+    g.add_argument("--start-timeout", type=float, default=d.start_timeout,
+                   help="seconds a worker may take to start before it is given up")
     g.add_argument("--chunk-frames", type=int, default=d.chunk_frames)
     g.add_argument("--det-batch", type=int, default=d.det_batch)
     g.add_argument("--embed-batch", type=int, default=d.embed_batch)
@@ -74,9 +79,25 @@ def config_from(args) -> HarvestConfig:
 def options_from(args) -> RunOptions:
     return RunOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                       gpus_per_worker=args.gpus_per_worker, title_timeout=args.title_timeout,
+                      max_attempts=args.max_attempts, start_timeout=args.start_timeout,
                       chunk_frames=args.chunk_frames, det_batch=args.det_batch,
                       embed_batch=args.embed_batch, retry_failed=not args.no_retry_failed,
                       progress=not args.no_progress, scratch_dir=args.scratch_dir)
+
+
+def progress_line(positions: list[dict], show: int = 3) -> str:
+    """Running titles for the progress bar: position, percent and frames/s of each (first
+    ``show``), then the total decode rate."""
+    parts = []
+    for p in sorted(positions, key=lambda p: p["title_id"])[:show]:
+        pct = f" {100 * p['frames'] / p['total']:.0f}%" if p.get("total") else ""
+        parts.append(f"{p['title_id'][:20]} {p['frames']}/{p.get('total') or '?'}{pct} "
+                     f"{p.get('fps', 0.0):.1f} f/s")
+    if len(positions) > show:
+        parts.append(f"+{len(positions) - show} more")
+    if positions:
+        parts.append(f"total {sum(p.get('fps', 0.0) for p in positions):.1f} f/s")
+    return " | ".join(parts)
 
 
 def cmd_run(args) -> int:
@@ -101,10 +122,14 @@ def cmd_run(args) -> int:
 
     def on_record(record):
         if bar is not None:
-            bar.set_postfix_str(f"{record['title_id'][:24]} {record['status']}")
             bar.update(1)
 
-    records = harvest_sources(plan, args.output, config, options, on_record=on_record)
+    def on_progress(positions):
+        if bar is not None:
+            bar.set_postfix_str(progress_line(positions), refresh=True)
+
+    records = harvest_sources(plan, args.output, config, options, on_record=on_record,
+                              on_progress=on_progress)
     if bar is not None:
         bar.close()
     all_records = storage.read_records(fs, root)

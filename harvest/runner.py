@@ -1,11 +1,27 @@
-"""Distribution at the edge: Ray actors harvest titles; the driver schedules, times out and records.
+"""Distribution at the edge: Ray actors harvest titles; the driver schedules, times out, retries and
+records.
 
 Each actor loads the face backend once (``TitleWorker``) and writes its shards and records itself.
-The driver gives each title a deadline; a title that outlives it (e.g. decord stuck in native code
-holding the GIL) gets its actor killed and a "failed" record, and a fresh actor takes its place.
+The driver's rules:
+
+- the pool is sized by the CPUs/GPUs of the nodes alive now; an actor is given titles only once it
+  is alive (its ``ready()`` answered), so no title ever waits on an actor that cannot be scheduled;
+  pending actors the cluster has no room for are killed;
+- a title's deadline (``title_timeout``) counts only from the moment it is handed to a live actor;
+  a title over it gets its actor killed and a "failed" record (not retried: it would hang again);
+- a system failure (actor, worker process or node died) is not the title's fault: the title goes
+  back to the queue, up to ``max_attempts`` attempts; bad input (the worker's own "failed" record)
+  is final;
+- the run always ends: when no actor can be started (no room, or every start fails) the titles
+  left are recorded failed with the reason.
+
+Every title ends with exactly one record (``attempts`` says how many tries it took) and at most one
+shard; temporary files left by a writer that died are removed before its title is redone.
 """
 from __future__ import annotations
 
+import math
+import posixpath
 import time
 from dataclasses import dataclass
 
@@ -15,6 +31,9 @@ from harvest.faults import fault_env
 from harvest.schema import STATUS_DONE
 from harvest.sources import Source, list_sources
 from harvest.worker import TitleWorker, config_hash, finish, new_record
+
+PROGRESS_EVERY = 1.0          # seconds between progress polls of the running actors
+CAPACITY_EVERY = 2.0          # seconds between looks at the alive nodes
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,15 @@ def plan_run(input_url: str, output_url: str, config: HarvestConfig,
     return Plan(sources, todo, skipped, cfg_hash, backend)
 
 
+def system_errors() -> tuple:
+    """Ray's "the machinery died" exceptions: actor, worker process, node, object owner."""
+    import ray.exceptions as rex
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+             "LocalRayletDiedError", "RaySystemError", "ActorPlacementGroupRemoved",
+             "OutOfMemoryError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
 def _ray():
     import ray
     if not ray.is_initialized():
@@ -52,76 +80,267 @@ def _ray():
 
 
 def _actor_class(ray):
-    @ray.remote(max_restarts=0, max_task_retries=0)
+    # Two threads: one harvests, the other answers progress() while it does.
+    @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)
     class HarvestActor:
         def __init__(self, output_url, config, options, threads):
             self.worker = TitleWorker(output_url, config, options, threads=threads)
+            self.fs, self.root = storage.open_fs(output_url)
 
-        def process(self, source: Source) -> dict:
-            return self.worker.process(source)
+        def ready(self) -> str:
+            return ray.get_runtime_context().get_node_id()
+
+        def process(self, source: Source, attempt: int) -> dict:
+            record = self.worker.process(source)
+            record["attempts"] = attempt
+            storage.write_record(self.fs, self.root, record)
+            return record
+
+        def progress(self) -> dict | None:
+            return getattr(self.worker, "progress", None)
     return HarvestActor
 
 
-def harvest_sources(plan: Plan, output_url: str, config: HarvestConfig, options: RunOptions,
-                    on_record=None) -> list[dict]:
-    """Harvest ``plan.todo`` on Ray; returns one record per source (order of completion)."""
-    todo, backend_name, cfg_hash = plan.todo, plan.backend, plan.config_hash
-    if not todo:
-        return []
-    ray = _ray()
-    Actor = _actor_class(ray)
-    n = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // options.cpus_per_worker))
-    n = max(1, min(n, len(todo)))
-    threads = max(1, int(options.cpus_per_worker))
-    actor_opts = dict(num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
-                      runtime_env={"env_vars": fault_env()} if fault_env() else None)
-    fs, root = storage.open_fs(output_url)
+def capacity(ray, options: RunOptions) -> int:
+    """How many actors the nodes alive now can hold (0 when none fits)."""
+    total: dict = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for k, v in node.get("Resources", {}).items():
+                total[k] = total.get(k, 0.0) + v
+    fits = [math.floor(total.get(k, 0.0) / need + 1e-9)
+            for k, need in (("CPU", options.cpus_per_worker), ("GPU", options.gpus_per_worker))
+            if need > 0]
+    return min(fits) if fits else len([n for n in ray.nodes() if n.get("Alive")])
 
-    def spawn():
-        return Actor.options(**actor_opts).remote(output_url, config, options, threads)
 
-    idle = [spawn() for _ in range(n)]
-    queue = list(todo)
-    running: dict = {}          # ObjectRef -> (actor, source, started)
-    records = []
+def clean_temp_files(fs, root: str, title_ids) -> list[str]:
+    """Remove the temporary files (``.<title_id>....tmp-*``) a killed writer left for these titles."""
+    prefixes = tuple(f".{t}." for t in title_ids)
+    removed = []
+    for d in (storage.SHARDS_DIR, storage.RECORDS_DIR):
+        base = posixpath.join(root, d)
+        if not prefixes or not fs.exists(base):
+            continue
+        for p in fs.ls(base, detail=False):
+            name = posixpath.basename(p.rstrip("/"))
+            if name.startswith(prefixes) and ".tmp-" in name:
+                fs.rm(p)
+                removed.append(p)
+    return removed
 
-    def done(record):
-        records.append(record)
-        if on_record:
-            on_record(record)
 
-    while queue or running:
-        while queue and idle:
-            actor, source = idle.pop(), queue.pop(0)
-            running[actor.process.remote(source)] = (actor, source, time.monotonic())
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-        for ref in ready:
-            actor, source, started = running.pop(ref)
-            try:
-                done(ray.get(ref))
-                idle.append(actor)
-            except Exception as exc:  # noqa: BLE001 - the actor died: record it, replace it
-                _fail(fs, root, source, cfg_hash, backend_name, f"worker died: {type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}", started, done)
-                ray.kill(actor)
-                idle.append(spawn())
+class _Run:
+    """The driver's state for one ``harvest_sources`` call."""
+
+    def __init__(self, ray, plan, output_url, config, options, on_record, on_progress):
+        self.ray, self.plan, self.options = ray, plan, options
+        self.on_record, self.on_progress = on_record, on_progress
+        self.fs, self.root = storage.open_fs(output_url)
+        Actor = _actor_class(ray)
+        env = fault_env()
+        opts = dict(num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
+                    runtime_env={"env_vars": env} if env else None)
+        threads = max(1, int(options.cpus_per_worker))
+        self.spawn_actor = lambda: Actor.options(**opts).remote(output_url, config, options, threads)
+        self.queue = list(plan.todo)
+        self.attempts = {s.title_id: 0 for s in plan.todo}
+        self.pending: dict = {}     # ready ref -> (actor, spawned at)
+        self.idle: list = []        # (actor, node_id)
+        self.running: dict = {}     # process ref -> (actor, node_id, source, started)
+        self.polls: dict = {}       # progress ref -> process ref
+        self.positions: dict = {}   # title_id -> last progress dict
+        self.records: list = []
+        self.start_failures = 0     # consecutive actor starts that failed
+        self.last_error = ""
+        self.starved_since = None
+        self.cap, self.cap_at = 0, -math.inf
+        self.poll_at = time.monotonic()
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def record(self, record: dict) -> None:
+        self.records.append(record)
+        self.positions.pop(record["title_id"], None)
+        if self.on_record:
+            self.on_record(record)
+
+    def fail(self, source: Source, error: str, seconds: float = 0.0) -> None:
+        record = new_record(source, self.plan.config_hash, self.plan.backend)
+        record = finish(record, error, time.perf_counter() - seconds)
+        record["attempts"] = max(1, self.attempts[source.title_id])
+        storage.write_record(self.fs, self.root, record)
+        self.record(record)
+
+    def kill(self, actor) -> None:
+        try:
+            self.ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def held(self) -> int:
+        return len(self.pending) + len(self.idle) + len(self.running)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        clean_temp_files(self.fs, self.root, self.attempts)
+        try:
+            while self.queue or self.running:
+                self.size_pool()
+                self.dispatch()
+                self.wait()
+                self.check_deadlines()
+                self.give_up_if_stuck()
+                self.poll_progress()
+        finally:
+            for actor, *_ in list(self.pending.values()) + self.idle + list(self.running.values()):
+                self.kill(actor)
+        return self.records
+
+    def size_pool(self) -> None:
         now = time.monotonic()
-        for ref, (actor, source, started) in list(running.items()):
-            if now - started > options.title_timeout:
-                running.pop(ref)
-                ray.kill(actor, no_restart=True)
-                _fail(fs, root, source, cfg_hash, backend_name,
-                      f"TimeoutError: title did not finish within {options.title_timeout:g} s "
-                      f"(worker killed)", started, done)
-                idle.append(spawn())
-    for actor in idle:
-        ray.kill(actor)
-    return records
+        if now - self.cap_at >= CAPACITY_EVERY:
+            self.cap, self.cap_at = capacity(self.ray, self.options), now
+        want = min(self.options.workers or self.cap, self.cap, len(self.queue) + len(self.running))
+        while self.held() < want:
+            actor = self.spawn_actor()
+            self.pending[actor.ready.remote()] = (actor, now)
+        # pending actors beyond what the alive nodes can hold will never start: drop them
+        surplus = self.held() - max(self.cap, len(self.idle) + len(self.running))
+        for ref in sorted(self.pending, key=lambda r: -self.pending[r][1])[:max(0, surplus)]:
+            self.kill(self.pending.pop(ref)[0])
+        for ref, (actor, since) in list(self.pending.items()):
+            if now - since > self.options.start_timeout:
+                self.pending.pop(ref)
+                self.kill(actor)
+                self.start_failed(f"actor did not start within {self.options.start_timeout:g} s")
+
+    def start_failed(self, error: str) -> None:
+        self.start_failures += 1
+        self.last_error = error
+
+    def dispatch(self) -> None:
+        while self.queue and self.idle:
+            (actor, node), source = self.idle.pop(), self.queue.pop(0)
+            self.attempts[source.title_id] += 1
+            ref = actor.process.remote(source, self.attempts[source.title_id])
+            self.running[ref] = (actor, node, source, time.monotonic())
+            self.positions[source.title_id] = {"title_id": source.title_id, "node_id": node,
+                                               "frames": 0, "total": 0, "fps": 0.0,
+                                               "attempt": self.attempts[source.title_id]}
+
+    def wait(self) -> None:
+        refs = list(self.running) + list(self.pending)
+        if not refs:
+            time.sleep(0.2)
+            return
+        ready, _ = self.ray.wait(refs, num_returns=1, timeout=0.5)
+        for ref in ready:
+            if ref in self.pending:
+                self.started(ref)
+            else:
+                self.finished(ref)
+
+    def started(self, ref) -> None:
+        actor, _ = self.pending.pop(ref)
+        try:
+            node = self.ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - the actor could not start (node gone, bad models)
+            self.kill(actor)
+            self.start_failed(_one_line(exc))
+            return
+        self.start_failures = 0
+        self.idle.append((actor, node))
+
+    def finished(self, ref) -> None:
+        actor, node, source, started = self.running.pop(ref)
+        try:
+            record = self.ray.get(ref)
+        except system_errors() as exc:
+            self.kill(actor)
+            tid, n = source.title_id, self.attempts[source.title_id]
+            clean_temp_files(self.fs, self.root, [tid])
+            if n < self.options.max_attempts:
+                self.positions.pop(tid, None)
+                self.queue.insert(0, source)     # next live actor takes it
+            else:
+                self.fail(source, f"worker died on each of {n} attempts (max_attempts "
+                                  f"{self.options.max_attempts}): {_one_line(exc)}",
+                          time.monotonic() - started)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug in the worker, not a dead machine
+            self.kill(actor)
+            self.fail(source, f"worker error: {_one_line(exc)}", time.monotonic() - started)
+            return
+        self.idle.append((actor, node))
+        self.record(record)
+
+    def check_deadlines(self) -> None:
+        now = time.monotonic()
+        for ref, (actor, _, source, started) in list(self.running.items()):
+            if now - started > self.options.title_timeout:
+                self.running.pop(ref)
+                self.kill(actor)
+                self.fail(source, f"TimeoutError: title did not finish within "
+                                  f"{self.options.title_timeout:g} s (worker killed)", now - started)
+
+    def give_up_if_stuck(self) -> None:
+        """Titles queued with no live actor: wait for one to start, but not forever."""
+        if not self.queue or self.idle or self.running:
+            self.starved_since = None
+            return
+        now = time.monotonic()
+        self.starved_since = self.starved_since or now
+        reason = None
+        if self.start_failures >= self.options.max_attempts:
+            reason = f"{self.start_failures} actor starts failed in a row; last: {self.last_error}"
+        elif not self.pending and now - self.starved_since > self.options.start_timeout:
+            reason = (f"no room on the alive nodes for an actor ({self.options.cpus_per_worker:g} "
+                      f"CPU, {self.options.gpus_per_worker:g} GPU) for "
+                      f"{self.options.start_timeout:g} s")
+        if reason:
+            while self.queue:
+                source = self.queue.pop(0)
+                self.fail(source, f"no worker could be started: {reason}")
+
+    def poll_progress(self) -> None:
+        """Ask each running actor where its title is, without ever blocking on one."""
+        if self.polls:
+            ready, _ = self.ray.wait(list(self.polls), num_returns=len(self.polls), timeout=0)
+            for ref in ready:
+                pref = self.polls.pop(ref)
+                try:
+                    pos = self.ray.get(ref)
+                except Exception:  # noqa: BLE001 - the actor died; finished() handles it
+                    continue
+                if pref in self.running and pos:
+                    source = self.running[pref][2]
+                    if pos.get("title_id") == source.title_id:
+                        self.positions[source.title_id].update(pos)
+        now = time.monotonic()
+        if now - self.poll_at < PROGRESS_EVERY:
+            return
+        self.poll_at = now
+        busy = set(self.polls.values())
+        for pref, (actor, *_) in self.running.items():
+            if pref not in busy:
+                self.polls[actor.progress.remote()] = pref
+        if self.on_progress is not None:
+            self.on_progress([dict(p) for p in self.positions.values()])
 
 
-def _fail(fs, root, source, cfg_hash, backend, error, started, done):
-    record = new_record(source, cfg_hash, backend)
-    started_perf = time.perf_counter() - (time.monotonic() - started)
-    record = finish(record, error, started_perf)
-    storage.write_record(fs, root, record)
-    done(record)
+def harvest_sources(plan: Plan, output_url: str, config: HarvestConfig, options: RunOptions,
+                    on_record=None, on_progress=None) -> list[dict]:
+    """Harvest ``plan.todo`` on Ray; returns one record per source (order of completion).
+
+    ``on_record(record)`` is called as each title ends; ``on_progress(positions)`` about every
+    second with one dict per running title: title_id, node_id, attempt, frames (decoded so far),
+    total (frames the container reports), fps (frames decoded per second of this attempt).
+    """
+    if not plan.todo:
+        return []
+    return _Run(_ray(), plan, output_url, config, options, on_record, on_progress).run()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".strip()
