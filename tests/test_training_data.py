@@ -1,17 +1,22 @@
-"""Shard reading, title split, per-head samples and batches on synthetic shards."""
+"""Shard footers, title split and dealing, per-head samples of title groups, streamed batches."""
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from harvest.schema import read_metadata, shard_schema
-from training.data import (build_samples, collate, list_shards, make_batches, read_tracks,
-                           shard_batches, shard_info, split_titles)
+from training.data import (build_samples, collate, deal_titles, iter_titles, list_shards,
+                           read_title, shard_info, split_titles, stream_batches)
 from training.synthetic import SyntheticSpec, write_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_dataset(str(tmp_path_factory.mktemp("syn")), 4, SyntheticSpec(dim=16), seed=3)
+
+
+def _all(dataset):
+    return pa.concat_tables(iter_titles(list_shards(dataset["shards"])))
 
 
 def test_synthetic_shards_follow_the_contract(dataset):
@@ -23,6 +28,7 @@ def test_synthetic_shards_follow_the_contract(dataset):
         assert read_metadata(t.schema)["embedding_dim"] == 16
     info = shard_info(dataset["shards"])
     assert {i["title_id"] for i in info} == {"title000", "title001", "title002", "title003"}
+    assert all(i["tracks"] == 60 and i["dim"] == 16 for i in info)
 
 
 def test_split_titles_disjoint_and_deterministic():
@@ -38,8 +44,21 @@ def test_split_titles_disjoint_and_deterministic():
         split_titles(titles, ["nope"])
 
 
+def test_deal_titles_partitions_and_balances_tracks():
+    rng = np.random.default_rng(0)
+    infos = [dict(title_id=f"t{i}", tracks=int(n)) for i, n in enumerate(rng.integers(100, 2000, 41))]
+    shares = deal_titles(infos, 3, np.random.default_rng(5))
+    ids = [i["title_id"] for s in shares for i in s]
+    assert sorted(ids) == sorted(i["title_id"] for i in infos)          # each title once
+    loads = [sum(i["tracks"] for i in s) for s in shares]
+    assert max(loads) - min(loads) <= 2000                              # within one title
+    assert shares == deal_titles(infos, 3, np.random.default_rng(5))    # replayable per epoch
+    assert shares != deal_titles(infos, 3, np.random.default_rng(6))
+    assert deal_titles(infos, 2) == deal_titles(list(reversed(infos)), 2)
+
+
 def test_samples_per_kind(dataset):
-    t = read_tracks(dataset["shards"], engine="arrow")
+    t = _all(dataset)
     valid = np.asarray(t["is_valid"]) & np.asarray(t["tracklets"].is_valid())
     views = build_samples(t, "views")
     assert len(views) == valid.sum() and views.arrays["views"].shape[1:] == (3, 16)
@@ -53,32 +72,45 @@ def test_samples_per_kind(dataset):
         hn = rows[(title, int(trip.arrays["track_id"][s]))]["hard_negative"]
         np.testing.assert_allclose(trip.arrays["negative"][s], rows[(title, hn)]["tracklets"][0],
                                    atol=1e-6)
+    # per title group == whole table: the negative never lives in another title
+    per_title = [build_samples(read_title(p), "triplets") for p in list_shards(dataset["shards"])]
+    np.testing.assert_array_equal(np.concatenate([s.arrays["negative"] for s in per_title]),
+                                  trip.arrays["negative"])
+    assert build_samples(t.slice(0, 0), "views", required=False) is None
+
+
+@pytest.mark.parametrize("kind", ["views", "triplets", "clusters"])
+def test_stream_batches_cover_every_sample_once(dataset, kind):
+    paths = list_shards(dataset["shards"])
+    want = sum(len(build_samples(read_title(p), kind)) for p in paths)
+    seen = []
+    for pool, idx in stream_batches(iter_titles(paths), kind, 25, np.random.default_rng(0)):
+        assert 25 <= len(idx) < 50
+        seen += [(int(pool.arrays["first_frame"][i]), int(pool.arrays["track_id"][i]),
+                  pool.arrays["views"][i, 0, 0].item()) for i in idx]
+    assert len(seen) == want and len(set(seen)) == want
+    tiny = list(stream_batches(iter_titles(paths[:1]), kind, 10_000, np.random.default_rng(0)))
+    assert len(tiny) == 1                                   # fewer samples than a batch: one batch
 
 
 def test_cluster_batches_keep_cannot_link_and_mask_matches(dataset):
-    t = read_tracks(dataset["shards"], engine="arrow")
-    s = build_samples(t, "clusters")
-    batches = make_batches(s, 40, np.random.default_rng(0), 2)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(len(s)))
-    a = s.arrays
-    key = {(int(a["title"][i]), int(a["track_id"][i])): i for i in range(len(s))}
+    t = _all(dataset)
     rows = {(r["title_id"], r["track_id"]): r for r in t.to_pylist()}
-    titles = sorted({r[0] for r in rows})
+    n_links = sum(len(build_samples(read_title(p), "clusters").arrays["cl_idx"])
+                  for p in list_shards(dataset["shards"]))
     n_pairs = 0
-    for idx in batches:
-        allowed = collate(s, idx)["allowed"].numpy()
-        for i, gi in enumerate(idx):
-            cl = rows[(titles[a["title"][gi]], int(a["track_id"][gi]))]["cannot_link"]
-            want = {key[(a["title"][gi], c)] for c in cl if (a["title"][gi], c) in key}
-            got = {int(idx[j]) for j in np.flatnonzero(allowed[i])}
-            assert got == want & set(idx.tolist())
-            n_pairs += len(got)
-    assert n_pairs > 0.8 * len(a["cl_idx"])   # contiguous-in-time batches keep most partners
-
-
-def test_shard_batches_equal_per_rank():
-    b = [np.arange(i, i + 1) for i in range(7)]
-    r0, r1 = shard_batches(b, 0, 2), shard_batches(b, 1, 2)
-    assert len(r0) == len(r1) == 3
-    with pytest.raises(ValueError):
-        shard_batches(b[:1], 0, 2)
+    for pool, idx in stream_batches(iter_titles(list_shards(dataset["shards"])), "clusters", 40,
+                                    np.random.default_rng(0)):
+        allowed = collate(pool, idx)["allowed"].numpy()
+        a = pool.arrays
+        # batch members by key; a batch may span two titles (track ids differ per title here)
+        key = {int(a["track_id"][i]): j for j, i in enumerate(idx)}
+        frames = a["first_frame"][idx]
+        for j, i in enumerate(idx):
+            title = next(tt for (tt, tid) in rows if tid == int(a["track_id"][i]))
+            cl = rows[(title, int(a["track_id"][i]))]["cannot_link"]
+            want = {key[c] for c in cl if c in key}
+            assert set(np.flatnonzero(allowed[j]).tolist()) == want
+            n_pairs += len(want)
+        assert (np.diff(frames) >= 0).sum() >= len(idx) - 2     # time order (title change: a drop)
+    assert n_pairs > 0.8 * n_links       # contiguous-in-time batches keep most partners

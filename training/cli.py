@@ -28,15 +28,22 @@ def train_main(argv=None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--labels", help="identity CSV: BCL trains in supervised mode on these tracks")
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="worker-group restarts from the last checkpoint after a worker dies")
     args = p.parse_args(argv)
     _ray_init()
     from training.train import fit
     identities = _track_identities(args.shards, args.labels) if args.labels else None
-    result = fit(args.head, args.shards, args.output, workers=args.workers, gpu=args.gpu,
-                 val_titles=args.val_titles, val_fraction=args.val_fraction, name=args.name,
-                 identities=identities, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    if result.error:
-        print(f"training failed: {result.error}", file=sys.stderr)
+    from ray.train import TrainingFailedError
+    try:
+        result = fit(args.head, args.shards, args.output, workers=args.workers, gpu=args.gpu,
+                     val_titles=args.val_titles, val_fraction=args.val_fraction, name=args.name,
+                     identities=identities, max_failures=args.max_failures, epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr)
+    except TrainingFailedError as e:
+        result = e
+    if getattr(result, "error", None) or isinstance(result, Exception):
+        print(f"training failed: {getattr(result, 'error', None) or result}", file=sys.stderr)
         return 1
     print(f"final metrics: {result.metrics}")
     best = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"], default=None)

@@ -1,20 +1,25 @@
-"""Shards -> per-head training samples and batches.
+"""Shards -> per-head training samples and batches, one title group at a time.
 
-Reading: :func:`read_tracks` uses Ray Data ``read_parquet`` (any fsspec/pyarrow URL or local
-path) or, with ``engine="arrow"``, a plain pyarrow reader for small sets. Splitting is by title
-(:func:`split_titles`). :func:`build_samples` keeps valid tracks with tracklets and makes the
-arrays one head needs (``kind`` from the registry):
+Nothing here reads a whole corpus. The driver lists shards and reads only their footers
+(:func:`shard_info`: title, D, track count) to split titles (:func:`split_titles`) and deal
+them to workers (:func:`deal_titles`, balanced by track count, reshuffled every epoch). A worker
+streams its titles (:func:`read_title`: one shard, the training columns, prefetched one ahead),
+turns each title group into samples (:func:`build_samples`: the hard negative and cannot-link
+partners are always in the same title) and cuts batches (:func:`stream_batches`), holding at
+most one title plus a small pool of samples. ``kind`` (from the registry) says what a head needs:
 
     views     (n, 3, D) float32  anchor, p1, p2 tracklets              (all kinds)
     negative  (n, D)    float32  hard negative's anchor tracklet       (triplets)
     labels    (n,)      int64    cluster id: own index or identity     (clusters)
     cl_ptr, cl_idx      CSR of cannot-link partners as sample indices  (clusters, weak mode)
-    title     (n,)      int64    title index; ``first_frame`` (n,) int64 for batching
+    title     (n,)      int64    title index; ``track_id``, ``first_frame`` (n,) int64
 """
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import fsspec
 import numpy as np
@@ -23,12 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from harvest.schema import N_TRACKLETS, embedding_dim, read_metadata
+from harvest.schema import embedding_dim, read_metadata
 from harvest.storage import is_local
 from training.columns import (CANNOT_LINK, FRAME_IDX, HARD_NEGATIVE, IS_VALID, MEAN_EMBEDDING,
                               TITLE_ID, TRACK_ID, TRACKLETS, TRAIN_COLUMNS)
 
 SAMPLE_KINDS = ("views", "triplets", "clusters")
+SHUFFLE_BATCHES = 4      # views/triplets: samples are shuffled in a pool of this many batches
 
 
 # ------------------------------------------------------------------------------- reading
@@ -50,38 +56,39 @@ def list_shards(url: str) -> list[str]:
 
 
 def shard_info(url: str) -> list[dict]:
-    """One dict per shard: ``path``, ``title_id``, ``source_uri``, ``dim`` (file metadata)."""
+    """One dict per shard from its footer only: ``path``, ``title_id``, ``source_uri``, ``dim``,
+    ``tracks`` (row count)."""
     out = []
     for path in list_shards(url):
         fs, p = _fs(path)
         with fs.open(p, "rb") as f:
-            schema = pq.read_schema(f)
-        meta = read_metadata(schema)
-        out.append(dict(path=path, title_id=meta["title_id"], source_uri=meta["source_uri"],
-                        dim=embedding_dim(schema)))
+            meta = pq.ParquetFile(f).metadata
+        schema = meta.schema.to_arrow_schema()
+        harvest = read_metadata(schema)
+        out.append(dict(path=path, title_id=harvest["title_id"], source_uri=harvest["source_uri"],
+                        dim=embedding_dim(schema), tracks=meta.num_rows))
     return out
 
 
-def read_tracks(url: str | list[str], columns=TRAIN_COLUMNS, engine: str = "ray") -> pa.Table:
-    """All rows of the shards at ``url`` (or a list of shard paths) with ``columns``."""
-    paths = list_shards(url) if isinstance(url, str) else list(url)
-    if engine == "ray":
-        import ray
-        ds = ray.data.read_parquet(paths).select_columns(list(columns))
-        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-        table = pa.concat_tables(tables) if tables else None
-        if table is None:
-            raise ValueError(f"no rows in {url}")
-    elif engine == "arrow":
-        tables = []
-        for path in paths:
-            fs, p = _fs(path)
-            with fs.open(p, "rb") as f:
-                tables.append(pq.read_table(f, columns=list(columns)))
-        table = pa.concat_tables(tables)
-    else:
-        raise ValueError(f"unknown engine {engine!r}")
-    return table.sort_by([(TITLE_ID, "ascending"), (TRACK_ID, "ascending")])
+def read_title(path: str, columns=TRAIN_COLUMNS) -> pa.Table:
+    """One shard (= one title group) with ``columns``, tracks in ``track_id`` order."""
+    fs, p = _fs(path)
+    with fs.open(p, "rb") as f:
+        table = pq.read_table(f, columns=list(columns))
+    return table.sort_by([(TRACK_ID, "ascending")])
+
+
+def iter_titles(paths: Iterable[str], columns=TRAIN_COLUMNS) -> Iterator[pa.Table]:
+    """:func:`read_title` of each path in order, the next one read in a thread meanwhile."""
+    paths = list(paths)
+    if not paths:
+        return
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(read_title, paths[0], columns)
+        for path in paths[1:] + [None]:
+            table = nxt.result()
+            nxt = pool.submit(read_title, path, columns) if path else None
+            yield table
 
 
 # ------------------------------------------------------------------------------- splitting
@@ -113,6 +120,22 @@ def split_titles(titles, val_titles=None, val_fraction: float = 0.2) -> tuple[li
     return train, val
 
 
+def deal_titles(infos: list[dict], world: int, rng: np.random.Generator | None = None) -> list[list]:
+    """Shards (``shard_info`` dicts) -> ``world`` lists with about equal track counts.
+
+    Titles are taken in random order (``rng``; sorted by title_id without one) and each goes to
+    the rank with the fewest tracks so far, so every rank gets a similar number of steps."""
+    order = sorted(infos, key=lambda i: i["title_id"])
+    if rng is not None:
+        order = [order[i] for i in rng.permutation(len(order))]
+    out, load = [[] for _ in range(world)], np.zeros(world)
+    for info in order:
+        r = int(np.argmin(load))
+        out[r].append(info)
+        load[r] += info["tracks"]
+    return out
+
+
 # ------------------------------------------------------------------------------- samples
 def _vectors(arr, dim: int) -> np.ndarray:
     """Non-null fixed-size-list (of fixed-size lists) column -> float32 array (n, ..., dim)."""
@@ -141,11 +164,13 @@ class Samples:
         return "cl_ptr" in self.arrays
 
 
-def build_samples(table: pa.Table, kind: str, identities: dict | None = None) -> Samples:
-    """Valid tracks with tracklets -> :class:`Samples` of ``kind``.
+def build_samples(table: pa.Table, kind: str, identities: dict | None = None,
+                  required: bool = True) -> Samples | None:
+    """Valid tracks with tracklets of one or more whole title groups -> :class:`Samples`.
 
-    ``identities`` ((title_id, track_id) -> identity) switches ``clusters`` to supervised mode:
-    unlabelled tracks are dropped and labels are identity ids.
+    ``identities`` ((title_id, track_id) -> int identity id, the same ids in every title)
+    switches ``clusters`` to supervised mode: unlabelled tracks are dropped. With no usable
+    sample: ``ValueError`` when ``required``, else None.
     """
     if kind not in SAMPLE_KINDS:
         raise ValueError(f"unknown sample kind {kind!r}")
@@ -154,6 +179,10 @@ def build_samples(table: pa.Table, kind: str, identities: dict | None = None) ->
     all_titles = table[TITLE_ID].to_numpy(zero_copy_only=False)
     all_ids = table[TRACK_ID].to_numpy()
     rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    if not len(rows):
+        if not required:
+            return None
+        raise ValueError(f"no usable training samples of kind {kind!r}")
     tracklets = _vectors(table[TRACKLETS].take(pa.array(rows)), dim)        # (n, 3, D)
     titles, ids = all_titles[rows], all_ids[rows]
     title_names, title_idx = np.unique(titles, return_inverse=True)
@@ -178,10 +207,9 @@ def build_samples(table: pa.Table, kind: str, identities: dict | None = None) ->
         arrays["negative"] = neg[ok]
     elif kind == "clusters" and identities is not None:
         names = [identities.get((t, int(i))) for t, i in zip(titles, ids)]
-        ok = np.array([n is not None for n in names])
-        uniq = {n: j for j, n in enumerate(sorted({n for n in names if n is not None}))}
+        ok = np.array([n is not None for n in names], bool)
         arrays = {k: v[ok] for k, v in arrays.items()}
-        arrays["labels"] = np.array([uniq[n] for n in names if n is not None], np.int64)
+        arrays["labels"] = np.array([n for n in names if n is not None], np.int64)
     elif kind == "clusters":
         cl = table[CANNOT_LINK].take(pa.array(rows)).to_pylist()
         ptr, idx = [0], []
@@ -191,37 +219,89 @@ def build_samples(table: pa.Table, kind: str, identities: dict | None = None) ->
         arrays["labels"] = np.arange(len(rows), dtype=np.int64)
         arrays["cl_ptr"], arrays["cl_idx"] = np.asarray(ptr, np.int64), np.asarray(idx, np.int64)
     if not len(arrays["views"]):
+        if not required:
+            return None
         raise ValueError(f"no usable training samples of kind {kind!r}")
     return Samples(kind, arrays)
 
 
 # ------------------------------------------------------------------------------- batching
-def make_batches(samples: Samples, batch_size: int, rng: np.random.Generator,
-                 min_batches: int = 1) -> list[np.ndarray]:
-    """Split sample indices into batches of about ``batch_size`` (a short tail is merged).
+def concat_samples(parts: list[Samples]) -> Samples:
+    """Samples of several title groups as one (cannot-link indices shifted)."""
+    if len(parts) == 1:
+        return parts[0]
+    kind, arrays = parts[0].kind, {}
+    for k in parts[0].arrays:
+        if k == "cl_idx":
+            offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+            arrays[k] = np.concatenate([p.arrays[k] + o for p, o in zip(parts, offsets)])
+        elif k == "cl_ptr":
+            ends = np.cumsum([0] + [p.arrays[k][-1] for p in parts[:-1]])
+            arrays[k] = np.concatenate([parts[0].arrays[k][:1]]
+                                       + [p.arrays[k][1:] + e for p, e in zip(parts, ends)])
+        else:
+            arrays[k] = np.concatenate([p.arrays[k] for p in parts])
+    return Samples(kind, arrays)
 
-    Weak-label cluster samples are ordered by (title in random order, first frame) and cut into
-    contiguous chunks from a random offset, so co-occurring (cannot-link) tracks share a batch;
-    other kinds are shuffled. At least ``min_batches`` batches when there are enough samples.
+
+def stream_batches(tables: Iterable[pa.Table], kind: str, batch_size: int,
+                   rng: np.random.Generator, identities: dict | None = None
+                   ) -> Iterator[tuple[Samples, np.ndarray]]:
+    """Title groups -> (samples, batch indices) of about ``batch_size`` (a short tail is merged
+    into the last batch; one short batch when there are fewer samples than that).
+
+    Weak-label cluster samples keep their title's first-frame order and are cut into
+    contiguous batches, so co-occurring (cannot-link) tracks share a batch; other kinds are
+    shuffled in a pool of ``SHUFFLE_BATCHES`` batches. Memory: one title plus the pool.
     """
-    n = len(samples)
+    weak = kind == "clusters" and identities is None
+    pool_size = batch_size if weak else SHUFFLE_BATCHES * batch_size
+    parts, n = [], 0
+    for table in tables:
+        s = build_samples(table, kind, identities, required=False)
+        if s is None:
+            continue
+        if weak:       # co-occurring tracks next to each other
+            s = take(s, np.lexsort((s.arrays["first_frame"], s.arrays["title"])))
+        parts.append(s)
+        n += len(s)
+        if n >= pool_size + batch_size:        # keep >= batch_size back for the merged tail
+            pool = concat_samples(parts)
+            order = np.arange(n) if weak else rng.permutation(n)
+            k = (n - batch_size) // batch_size
+            for b in range(k):
+                yield pool, order[b * batch_size:(b + 1) * batch_size]
+            rest = order[k * batch_size:]
+            parts, n = [take(pool, np.sort(rest) if weak else rest)], len(rest)
+    if n:
+        pool = concat_samples(parts)
+        order = np.arange(n) if weak else rng.permutation(n)
+        for idx in np.array_split(order, max(n // batch_size, 1)):
+            yield pool, idx
+
+
+def take(samples: Samples, idx: np.ndarray) -> Samples:
+    """The samples at ``idx`` (cannot-link partners outside ``idx`` dropped)."""
+    a = samples.arrays
+    out = {k: v[idx] for k, v in a.items() if k not in ("cl_ptr", "cl_idx")}
     if samples.weak:
-        a = samples.arrays
-        title_rank = rng.permutation(int(a["title"].max()) + 1)[a["title"]]
-        order = np.lexsort((a["first_frame"], title_rank))
-        order = np.roll(order, -int(rng.integers(n)))
-    else:
-        order = rng.permutation(n)
-    n_batches = min(max(n // batch_size, min_batches, 1), n)
-    return np.array_split(order, n_batches)
+        pos = np.full(len(samples), -1, np.int64)
+        pos[idx] = np.arange(len(idx))
+        rows, partner = _partners(a, idx, pos)
+        keep = partner >= 0
+        counts = np.bincount(rows[keep], minlength=len(idx))
+        out["cl_ptr"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        out["cl_idx"] = partner[keep]
+        out["labels"] = np.arange(len(idx), dtype=np.int64)
+    return Samples(samples.kind, out)
 
 
-def shard_batches(batches: list, rank: int, world: int) -> list:
-    """Equal numbers of batches per rank (DDP needs the same step count on every rank)."""
-    usable = (len(batches) // world) * world
-    if usable == 0:
-        raise ValueError(f"{len(batches)} batches cannot feed {world} workers")
-    return batches[rank:usable:world]
+def _partners(a: dict, idx: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in ``idx``, ``pos`` of the partner) for every cannot-link partner of ``idx``."""
+    starts, counts = a["cl_ptr"][idx], a["cl_ptr"][idx + 1] - a["cl_ptr"][idx]
+    rows = np.repeat(np.arange(len(idx)), counts)
+    flat = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    return rows, pos[a["cl_idx"][flat]]
 
 
 def collate(samples: Samples, idx: np.ndarray, device=None) -> dict[str, torch.Tensor]:
@@ -235,11 +315,7 @@ def collate(samples: Samples, idx: np.ndarray, device=None) -> dict[str, torch.T
         if samples.weak:
             pos = np.full(len(samples), -1, np.int64)
             pos[idx] = np.arange(len(idx))
-            starts, ends = a["cl_ptr"][idx], a["cl_ptr"][idx + 1]
-            counts = ends - starts
-            rows = np.repeat(np.arange(len(idx)), counts)
-            flat = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-            cols = pos[a["cl_idx"][flat]]
+            rows, cols = _partners(a, idx, pos)
             allowed = np.zeros((len(idx), len(idx)), bool)
             allowed[rows[cols >= 0], cols[cols >= 0]] = True
             out["labels"] = torch.arange(len(idx))

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from harvest.schema import N_TRACKLETS, PIPELINE_VERSION, shard_schema, with_metadata
 
 BOX_W, BOX_H, SLOT_STEP = 80.0, 80.0, 150.0
+FPS = 24.0
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,10 @@ def _lists(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
-def make_title(title_id: str, spec: SyntheticSpec, seed: int) -> tuple[pa.Table, list, list]:
-    """-> (shard table with metadata, track label rows, box label rows)."""
+def make_title(title_id: str, spec: SyntheticSpec, seed: int,
+               labels: bool = True) -> tuple[pa.Table, list, list]:
+    """-> (shard table with metadata, track label rows, box label rows (empty without
+    ``labels``))."""
     rng = np.random.default_rng(seed)
     d = spec.dim
     centres = _unit(rng.standard_normal((spec.n_identities, d)))
@@ -109,6 +112,8 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int) -> tuple[pa.Table,
         "shot_id": pa.array(shot, pa.int32()),
         "n_faces": pa.array(n_faces, pa.int32()),
         "frame_idx": face_lists(pa.array(frames, pa.int32())),
+        "timestamps": face_lists(pa.array(np.asarray(frames) / 24.0, pa.float64())),
+        "timestamps": face_lists(pa.array(frames / FPS, pa.float64())),
         "boxes": face_lists(_fsl(boxes, 4)),
         "landmarks": face_lists(_fsl(np.zeros((nf, 10), np.float32), 10)),
         "det_score": face_lists(pa.array(np.full(nf, 0.9, np.float32))),
@@ -126,13 +131,15 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int) -> tuple[pa.Table,
         "invalid_reason": pa.array([None if v else "short" for v in valid], pa.string()),
     }
     schema = shard_schema(d)
-    meta = dict(title_id=title_id, source_uri=f"synthetic://{title_id}.mp4", fps=24.0, width=1280,
+    meta = dict(title_id=title_id, source_uri=f"synthetic://{title_id}.mp4", fps=FPS, width=1280,
                 height=720, frame_count=int(start.max() + spec.shot_frames), backend="synthetic",
                 detector_file="", detector_sha256="", embedder_file="", embedder_sha256="",
                 embedding_dim=d, pipeline_version=PIPELINE_VERSION, config_hash="synthetic",
                 shot_boundaries=sorted(set(start.tolist())))
     table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema},
                                  schema=with_metadata(schema, meta))
+    if not labels:
+        return table, [], []
     names = [f"id{seed}_{i}" for i in range(spec.n_identities)]
     track_rows = [(title_id, int(track_ids[t]), names[ident[t]]) for t in range(n)]
     box_rows = [(f"{title_id}.mp4", int(frames[f]), *map(float, boxes[f]), names[ident[face_track[f]]])
@@ -141,8 +148,10 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int) -> tuple[pa.Table,
 
 
 def write_dataset(out_dir: str, n_titles: int, spec: SyntheticSpec = SyntheticSpec(),
-                  seed: int = 0) -> dict[str, str]:
-    """Write ``<out_dir>/shards/<title>.parquet`` and two label CSVs (track and box level).
+                  seed: int = 0, labels: bool = True) -> dict[str, str]:
+    """Write ``<out_dir>/shards/<title>.parquet`` and two label CSVs (track and box level), one
+    title at a time (memory: one title, whatever ``n_titles``); ``labels=False`` writes no CSV
+    rows (large benchmark sets).
 
     Box-level labels use the source basename as ``title`` to exercise that match.
     Returns paths: ``shards``, ``track_labels``, ``box_labels``.
@@ -158,8 +167,9 @@ def write_dataset(out_dir: str, n_titles: int, spec: SyntheticSpec = SyntheticSp
         wb.writerow(["title", "frame", "x1", "y1", "x2", "y2", "identity"])
         for i in range(n_titles):
             title = f"title{i:03d}"
-            table, tracks, boxes = make_title(title, spec, seed * 1000 + i)
+            table, tracks, boxes = make_title(title, spec, seed * 1000 + i, labels)
             pq.write_table(table, os.path.join(shards, f"{title}.parquet"))
             wt.writerows(tracks)
             wb.writerows(boxes)
+            del table
     return paths

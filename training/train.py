@@ -1,16 +1,27 @@
 """Ray Train fitting of one head: ``fit`` (driver) and ``train_loop`` (each worker).
 
-The driver reads the shards with Ray Data, splits them by title, builds the head's samples and
-puts them in the object store; each worker takes an equal share of every epoch's batches
-(DDP through ``ray.train.torch.prepare_model``), reports per-epoch metrics and a checkpoint
-(rank 0), and resumes from ``ray.train.get_checkpoint()`` when the run (same ``RunConfig``
-name and storage path) already has one. Early stopping: validation loss must fall by
-``min_delta`` within ``patience`` epochs.
+The driver only lists the shards and reads their footers (title, D, track count), splits the
+titles train/validation and hands the title lists to the workers; it never reads the corpus.
+Every epoch each worker takes its share of the training titles (``data.deal_titles``: reshuffled
+per epoch from the seed, balanced by track count), streams them one title group at a time
+(``data.iter_titles`` -> ``data.stream_batches``) and steps DDP (``prepare_model``) until any
+rank runs out of batches (one all-reduce per step keeps the step counts equal). Validation:
+each rank a fixed share of the validation titles, losses summed over ranks. Rank 0 prints one
+line per epoch and reports the checkpoint; every run (same ``RunConfig`` name and storage
+path) resumes from ``ray.train.get_checkpoint()`` -- after a restart, too: with
+``max_failures`` a dead worker restarts the group from the last epoch's checkpoint and the epoch
+replays with the same title order. Early stopping: validation loss must fall by ``min_delta``
+within ``patience`` epochs.
+
+Fault injection (tests): ``fault=dict(epoch=E, marker=PATH)`` (or ``$TRAIN_FAULT_EXIT=E:PATH``)
+makes rank 1 ``os._exit(1)`` after its first step of epoch E, once (the marker file records it).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import resource
 import tempfile
 import time
 
@@ -19,10 +30,10 @@ import torch
 from torch import nn
 
 from training import registry
-from training.data import (build_samples, collate, make_batches, read_tracks, shard_batches,
-                           split_titles)
-from training.columns import TITLE_ID
+from training.data import (collate, deal_titles, iter_titles, shard_info, split_titles,
+                           stream_batches)
 
+log = logging.getLogger("movieface.train")
 STATE_FILE = "state.pt"
 HEAD_FILE = "head.json"
 
@@ -66,22 +77,37 @@ def make_optimizer(obj: Objective, hp: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, momentum=hp["momentum"])
 
 
-def _allreduce_mean(total: float, count: int, device) -> float:
+def _allreduce(values, device, op: str = "sum") -> list[float]:
     import torch.distributed as dist
-    t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return float(t[0] / max(t[1], 1.0))
+        dist.all_reduce(t, op=dict(sum=dist.ReduceOp.SUM, min=dist.ReduceOp.MIN,
+                                   max=dist.ReduceOp.MAX)[op])
+    return t.tolist()
 
 
-def run_epoch(objective, samples, batches, device, optimizer=None, hp=None, epoch=0, step=0):
-    """One pass over ``batches``: trains when ``optimizer`` is given, else evaluates.
-    Returns (mean loss on this rank's batches as (sum, count), new global step)."""
+def _allreduce_mean(total: float, count: int, device) -> float:
+    total, count = _allreduce([total, float(count)], device)
+    return total / max(count, 1.0)
+
+
+def run_epoch(objective, batches, device, optimizer=None, hp=None, epoch=0, step=0,
+              sync: bool = False, after_step=None):
+    """One pass over ``batches`` ((samples, indices) pairs): trains when ``optimizer`` is given,
+    else evaluates. ``sync``: stop as soon as any rank has no batch left (DDP needs equal step
+    counts). Returns ((loss sum, sample count) on this rank, new global step)."""
     obj = _unwrap(objective)
     objective.train(optimizer is not None)
     total, count = 0.0, 0
     freeze = optimizer is not None and epoch < hp["radius_freeze_epochs"]
-    for idx in batches:
+    batches = iter(batches)
+    while True:
+        item = next(batches, None)
+        if sync and _allreduce([float(item is not None)], device, "min")[0] == 0.0:
+            break
+        if item is None:
+            break
+        samples, idx = item
         batch = collate(samples, idx, device)
         if optimizer is None:
             with torch.no_grad():
@@ -97,9 +123,41 @@ def run_epoch(objective, samples, batches, device, optimizer=None, hp=None, epoc
                     p.grad = None if p.grad is None else torch.zeros_like(p.grad)
             optimizer.step()
             step += 1
+            if after_step is not None:
+                after_step(epoch)
         total += float(loss.detach()) * len(idx)
         count += len(idx)
     return (total, count), step
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _fault_hook(fault: dict | None, rank: int):
+    """``after_step`` that kills rank 1 once at epoch ``fault['epoch']`` (1-based)."""
+    if not fault or rank != 1:
+        return None
+
+    def hook(epoch):
+        if epoch + 1 == int(fault["epoch"]):
+            try:
+                fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os._exit(1)
+    return hook
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train logs every report of every rank at INFO; keep one line per epoch (ours)."""
+    try:
+        from ray.train.v2._internal.execution import context
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
 
 
 def train_loop(config: dict) -> None:
@@ -108,33 +166,41 @@ def train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    _quiet_ray_train_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    hp, head = config["hparams"], config["head"]
-    train_s, val_s = ray.get(config["train_ref"]), ray.get(config["val_ref"])
+    hp, head, dim = config["hparams"], config["head"], config["dim"]
+    kind = registry.get(head).samples
+    identities = ray.get(config["identities"]) if config.get("identities") is not None else None
     torch.manual_seed(hp["seed"])
-    objective = Objective(head, train_s.dim, hp.get("model_kwargs"))
+    objective = Objective(head, dim, hp.get("model_kwargs"))
     optimizer = make_optimizer(objective, hp)
-    state = dict(epoch=0, step=0, best=float("inf"), bad=0, stopped=False, history=[], init=None)
+    state = dict(epoch=0, step=0, best=float("inf"), best_epoch=0, bad=0, stopped=False,
+                 history=[], init=None)
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
-        if saved["head"] != head or saved["in_dim"] != train_s.dim:
+        if saved["head"] != head or saved["in_dim"] != dim:
             raise ValueError(f"checkpoint is {saved['head']}/D={saved['in_dim']}, "
-                             f"not {head}/D={train_s.dim}")
+                             f"not {head}/D={dim}")
         objective.load_state_dict(saved["objective"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state = {"best_epoch": 0, **saved["state"]}
         if rank == 0:
-            print(f"[{head}] resumed from epoch {state['epoch']}", flush=True)
+            log.info(f"[{head}] resumed from epoch {state['epoch']}")
     objective = ray.train.torch.prepare_model(objective)
     device = ray.train.torch.get_device()
-    val_rng = np.random.default_rng(hp["seed"] + 1)
-    val_batches = shard_batches(make_batches(val_s, hp["batch_size"], val_rng, world), rank, world)
+    val_share = deal_titles(config["val"], world)[rank]
+    after_step = _fault_hook(config.get("fault"), rank)
 
-    def validate():
-        return _allreduce_mean(*run_epoch(objective, val_s, val_batches, device)[0], device)
+    def batches(infos, rng):
+        return stream_batches(iter_titles(i["path"] for i in infos), kind, hp["batch_size"], rng,
+                              identities)
+
+    def validate():     # unwrapped: no DDP collectives, so ranks may run different batch counts
+        val_batches = batches(val_share, np.random.default_rng(hp["seed"] + 1))
+        return _allreduce_mean(*run_epoch(_unwrap(objective), val_batches, device)[0], device)
 
     if state["init"] is None:
         state["init"] = validate()
@@ -143,37 +209,44 @@ def train_loop(config: dict) -> None:
             break
         t0 = time.perf_counter()
         rng = np.random.default_rng(hp["seed"] * 100003 + epoch)
-        batches = shard_batches(make_batches(train_s, hp["batch_size"], rng, world), rank, world)
-        sums, state["step"] = run_epoch(objective, train_s, batches, device, optimizer, hp, epoch,
-                                        state["step"])
-        train_loss = _allreduce_mean(*sums, device)
+        share = deal_titles(config["train"], world, rng)[rank]
+        (total, count), state["step"] = run_epoch(objective, batches(share, rng), device, optimizer,
+                                                  hp, epoch, state["step"], sync=True,
+                                                  after_step=after_step)
+        total, count = _allreduce([total, float(count)], device)
+        train_loss = total / max(count, 1.0)
+        t_train = time.perf_counter() - t0
         val_loss = validate()
         if val_loss < state["best"] - hp["min_delta"]:
-            state["best"], state["bad"] = val_loss, 0
+            state["best"], state["best_epoch"], state["bad"] = val_loss, epoch + 1, 0
         else:
             state["bad"] += 1
         state["stopped"] = state["bad"] >= hp["patience"]
         state["epoch"] = epoch + 1
+        rss = _allreduce([peak_rss_mb()], device, "max")[0]
         metrics = dict(epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss,
-                       best_val_loss=state["best"], val_loss_init=state["init"],
-                       early_stopped=state["stopped"], seconds=time.perf_counter() - t0,
-                       lr=optimizer.param_groups[0]["lr"])
+                       best_val_loss=state["best"], best_epoch=state["best_epoch"],
+                       val_loss_init=state["init"], early_stopped=state["stopped"],
+                       train_samples=int(count), seconds=t_train,
+                       val_seconds=time.perf_counter() - t0 - t_train,
+                       worker_peak_rss_mb=rss, lr=optimizer.param_groups[0]["lr"])
         obj = _unwrap(objective)
         if hasattr(obj.loss, "b"):
             metrics["radius_b"] = float(obj.loss.b.detach())
         state["history"].append(metrics)
         if rank == 0:
-            print(f"[{head}] epoch {epoch + 1}/{hp['max_epochs']} train {train_loss:.5f} "
-                  f"val {val_loss:.5f} (init {state['init']:.5f}, best {state['best']:.5f}) "
-                  f"{metrics['seconds']:.1f}s", flush=True)
+            log.info(f"[{head}] epoch {epoch + 1}/{hp['max_epochs']} train {train_loss:.5f} "
+                     f"val {val_loss:.5f} (init {state['init']:.5f}, best {state['best']:.5f} "
+                     f"@{state['best_epoch']}) {t_train:.1f}s + val {metrics['val_seconds']:.1f}s, "
+                     f"peak RSS {rss:.0f} MiB")
+            if state["stopped"]:
+                log.info(f"[{head}] early stop: no improvement of {hp['min_delta']} for "
+                         f"{hp['patience']} epochs (best epoch {state['best_epoch']})")
             with tempfile.TemporaryDirectory() as d:
                 save_state(d, obj, optimizer, state, hp)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics, checkpoint=None)
-        if state["stopped"] and rank == 0:
-            print(f"[{head}] early stop: no improvement of {hp['min_delta']} for "
-                  f"{hp['patience']} epochs", flush=True)
 
 
 def save_state(directory: str, obj: Objective, optimizer, state: dict, hp: dict) -> None:
@@ -213,37 +286,55 @@ def _local_abs(url: str) -> str:
 
 def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False,
         val_titles=None, val_fraction: float = 0.2, name: str | None = None,
-        engine: str = "ray", identities: dict | None = None, **overrides):
+        identities: dict | None = None, max_failures: int = 0, fault: dict | None = None,
+        **overrides):
     """Train ``head`` on ``shards``; checkpoints under ``output/name``. Returns the Ray Result.
 
     ``overrides`` (``epochs``, ``batch_size``, ``lr``, ``model_kwargs`` or any registry
-    hyper-parameter) replace the registry defaults; ``epochs`` is the maximum epoch count (early stopping may end sooner).
+    hyper-parameter) replace the registry defaults; ``epochs`` is the maximum epoch count (early
+    stopping may end sooner). ``identities`` ((title_id, track_id) -> identity name) trains BCL
+    supervised. ``max_failures``: worker-group restarts (from the last checkpoint) Ray Train may
+    make. ``fault``: see the module docstring.
     """
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     spec = registry.get(head)
     overrides["max_epochs"] = overrides.pop("epochs", None)
     hp = spec.hparams(**overrides)
-    table = read_tracks(shards, engine=engine)
-    titles = table[TITLE_ID].unique().to_pylist()
-    train_titles, val = split_titles(titles, val_titles, val_fraction)
+    infos = shard_info(shards)
+    dims = {i["dim"] for i in infos}
+    if len(dims) != 1:
+        raise ValueError(f"shards mix embedding sizes {sorted(dims)}")
+    train_titles, val = split_titles([i["title_id"] for i in infos], val_titles, val_fraction)
     if not val or not train_titles:
-        raise ValueError(f"need at least one training and one validation title, got {titles}")
-    import pyarrow.compute as pc
-    in_val = pc.is_in(table[TITLE_ID], value_set=__import__("pyarrow").array(val))
-    train_s = build_samples(table.filter(pc.invert(in_val)), spec.samples, identities)
-    val_s = build_samples(table.filter(in_val), spec.samples, identities)
-    del table
-    print(f"[{head}] {len(train_titles)} training titles ({len(train_s)} samples), "
-          f"{len(val)} validation titles ({len(val_s)} samples): {val}", flush=True)
-    config = dict(head=head, hparams=hp, train_ref=ray.put(train_s), val_ref=ray.put(val_s))
+        raise ValueError(f"need at least one training and one validation title, "
+                         f"got {sorted(i['title_id'] for i in infos)}")
+    if len(train_titles) < workers:
+        raise ValueError(f"{len(train_titles)} training titles cannot feed {workers} workers")
+    val_set = set(val)
+    config = dict(head=head, hparams=hp, dim=dims.pop(),
+                  train=[i for i in infos if i["title_id"] not in val_set],
+                  val=[i for i in infos if i["title_id"] in val_set])
+    n_train = sum(i["tracks"] for i in config["train"])
+    print(f"[{head}] {len(train_titles)} training titles ({n_train} tracks), {len(val)} "
+          f"validation titles ({sum(i['tracks'] for i in config['val'])} tracks): "
+          f"{val[:10]}{' ...' if len(val) > 10 else ''}", flush=True)
+    if identities is not None:     # names -> ids shared by every title group
+        ids = {n: j for j, n in enumerate(sorted(set(identities.values())))}
+        config["identities"] = ray.put({k: ids[n] for k, n in identities.items()})
+    env_fault = os.environ.get("TRAIN_FAULT_EXIT")
+    if fault is None and env_fault:
+        epoch, marker = env_fault.split(":", 1)
+        fault = dict(epoch=int(epoch), marker=marker)
+    config["fault"] = fault
     trainer = TorchTrainer(
         train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
         run_config=RunConfig(
             name=name or head, storage_path=_local_abs(output),
+            failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min")))
     return trainer.fit()
