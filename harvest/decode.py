@@ -1,34 +1,46 @@
-"""Frame-exact chunked video decoding on top of decord.
+"""Frame-exact chunked video decoding: one sequential PyAV (FFmpeg) decode, never a seek.
 
-decord's seek-based reads (``vr[i]``, strided/random ``get_batch``) silently return the
-wrong frames on H.264 with B-frames / open GOP (dmlc/decord #54, #365). Contiguous reads
-in increasing order never seek and are exact, so this module only ever asks decord for
-``get_batch(list(range(a, b)))`` with ``a`` equal to the previous chunk's ``b``.
+Why PyAV and not decord (measured with decord 0.6.0 / PyAV 18, FFmpeg 8; tests/test_formats.py):
+* decord's seek-based reads (``vr[i]``, strided ``get_batch``) return wrong frames on H.264 with
+  B-frames / open GOP (dmlc/decord #54, #365); tests/test_decode.py keeps that hazard on record.
+* decord's decode thread runs ahead of the consumer without bound: behind a slow consumer (the
+  face detector) a 5-minute 480p H.264 title grew to 2.4-4.2 GB RSS after 1280 frames, whatever
+  ``num_threads``. A pulled PyAV decode stays at ~105-145 MB.
+* decord (bundled FFmpeg 4.1) cannot open AV1 (reported as "cannot find video stream"), ignores
+  the display matrix (phone video comes out sideways), numbers frames from the first decodable
+  one while its timestamps and count come from the packet index (a file starting mid-GOP gave
+  shifted timestamps and 10 trailing copies of the last frame) and fails outright on corrupt
+  leading packets. PyAV decoded 1080p H.264 ~1.7-5x faster than decord on this machine.
 
-Failure handling (measured with decord 0.6.0):
-* open fails with ``RuntimeError("Error reading <path>...")`` for a 0-byte file, a text
-  file and an MP4 cut before its ``moov`` index; with ``DECORDError`` when there is no video
-  stream. We classify these into :class:`DecodeError` messages ourselves.
-* a damaged tail raises ``DECORDError`` ("Error while feeding the filter graph") from
-  ``get_batch``; the reader is then unusable and, because its decode thread runs ahead,
-  even a fresh reader's ``next()`` after ``get_batch``/``skip_frames`` stops early
-  (``skip_frames`` also seeks, so it is wrong on open GOP). A fresh reader driven by
-  ``next()`` from frame 0 recovers the most frames (still racy), so that is the fallback.
-* decord rewinds with seeks after EOF when its count is over-reported (the #373 hang); we
-  never request an index >= the reported count and stop ``next()`` at the first error.
+Frame numbering is the sequential decode order: frame k is the k-th frame the decoder outputs,
+i.e. exactly what ``for f in container.decode(video=0)`` yields. Frames that cannot be decoded
+(leading non-keyframes, corrupt packets) are skipped, not numbered; their loss shows in
+``FrameChunk.pts`` (real presentation times, uneven for variable frame rate).
+
+Frames are RGB uint8 (H, W, 3) in display geometry: the container's rotation (display matrix,
+multiples of 90 degrees) is applied, and non-square pixels are resampled to square ones (width
+scaled by the sample aspect ratio), so faces are upright and undistorted for the detector and
+embedder. Boxes downstream are therefore in display pixels; ``VideoInfo`` records the coded size,
+rotation and sample aspect ratio needed to map them back. Interlaced video is not deinterlaced
+(one frame per coded frame; ``VideoInfo.interlaced`` says so). High bit depth is converted to 8 bit.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterator
 
-import decord
+import av
 import numpy as np
-from decord._ffi.base import DECORDError
 
-__all__ = ["DecodeError", "VideoInfo", "FrameChunk", "ChunkedVideoReader"]
+__all__ = ["DecodeError", "VideoInfo", "FrameChunk", "ChunkedVideoReader", "MAX_CHUNK_BYTES"]
+
+# One chunk of decoded RGB frames is kept at or below this many bytes (at least one frame):
+# 32 frames of 4K would be 800 MB; at this bound 1080p chunks hold 16 frames, 4K ones 4.
+MAX_CHUNK_BYTES = 100 * 2**20
 
 _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"moof", b"mfra",
               b"styp", b"sidx", b"meta", b"pdin"}
@@ -40,11 +52,25 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Container-level facts; ``reported_frames`` may be wrong (over- or under-reported)."""
+    """Stream facts. ``width``/``height`` are the display size of the yielded frames (after
+    rotation and square-pixel resampling); ``coded_width``/``coded_height`` the stored size.
+    ``reported_frames`` comes from the container index (MP4: its samples whose data starts inside
+    the file) and may be wrong; for containers without a count (Matroska) it is estimated from
+    the duration. ``rotation`` is the display
+    rotation applied (degrees counter-clockwise, 0/90/180/270); ``sample_aspect_ratio`` is
+    "num:den" of the stored pixels (frames are resampled to 1:1); ``time_base`` is "num/den"."""
     fps: float
     width: int
     height: int
     reported_frames: int
+    codec: str = ""
+    pix_fmt: str = ""
+    coded_width: int = 0
+    coded_height: int = 0
+    rotation: int = 0
+    sample_aspect_ratio: str = "1:1"
+    time_base: str = ""
+    interlaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,124 +110,212 @@ def _mp4_truncation(path: str) -> tuple[bool, bool, int]:
     return looks_mp4, has_moov, max(0, pos - size) if looks_mp4 else 0
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 class ChunkedVideoReader:
     """Read a video as consecutive :class:`FrameChunk` s (frame 0 upward), never seeking.
 
-    Holds at most one chunk (chunk_frames x H x W x 3 bytes) at a time. After iterating
-    :meth:`chunks`, ``frames_read`` is the true number of decoded frames; ``truncated`` and
-    ``truncated_reason`` say whether decoding stopped on a damaged/short file.
+    Holds at most one chunk (``chunk_frames`` x H x W x 3 bytes, ``chunk_frames`` shrunk so a
+    chunk stays within ``max_chunk_bytes``) plus the decoder's own few frames. The first frame
+    is decoded on open, so a file with no decodable frame fails fast. After iterating
+    :meth:`chunks`, ``frames_read`` is the true number of decoded frames, ``skipped_packets``
+    the packets the decoder rejected; ``truncated`` / ``truncated_reason`` say whether decoding
+    stopped early on a damaged or short file.
     """
 
     def __init__(self, path: str, chunk_frames: int = 32, num_threads: int = 0,
-                 tail_slack: int = 8, max_redecode: int = 3000):
+                 tail_slack: int = 8, max_chunk_bytes: int | None = MAX_CHUNK_BYTES):
         if chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
-        self.path, self.chunk_frames, self.num_threads = str(path), chunk_frames, num_threads
-        self.tail_slack, self.max_redecode = tail_slack, max_redecode
-        self.frames_read, self.truncated, self.truncated_reason = 0, False, ""
-        self._vr = self._open()
-        h, w = self._frame_shape()
-        self.info = VideoInfo(float(self._vr.get_avg_fps()), w, h, len(self._vr))
+        self.path, self.num_threads, self.tail_slack = str(path), num_threads, tail_slack
+        self.frames_read, self.skipped_packets = 0, 0
+        self.truncated, self.truncated_reason = False, ""
+        self._stop_reason = self._last_error = ""
+        self._container = self._open()
+        try:
+            self._stream = self._video_stream()
+            self._frames = self._decode()
+            first = next(self._frames, None)
+            if first is None:
+                raise DecodeError(f"{self.path}: zero frames decodable ({self._why_none()})")
+            self._first = first
+            self.info = self._info(first)
+        except BaseException:
+            self.close()
+            raise
+        frame_bytes = self.info.width * self.info.height * 3
+        self.chunk_frames = chunk_frames if max_chunk_bytes is None else \
+            max(1, min(chunk_frames, max_chunk_bytes // frame_bytes))
 
-    def _open(self) -> "decord.VideoReader":
+    # -- open / probe --------------------------------------------------------------------------
+
+    def _open(self) -> "av.container.InputContainer":
         p = self.path
         if not os.path.exists(p):
             raise DecodeError(f"{p}: no such file")
         if os.path.getsize(p) == 0:
             raise DecodeError(f"{p}: file is empty (0 bytes)")
         try:
-            return decord.VideoReader(p, ctx=decord.cpu(0), num_threads=self.num_threads)
-        except (RuntimeError, DECORDError) as e:
-            msg = str(e).strip().splitlines()[0][:200]
-            if "video stream" in str(e):
-                raise DecodeError(f"{p}: no video stream in the container") from None
+            return av.open(p, metadata_errors="ignore")
+        except av.error.FFmpegError as e:
             looks_mp4, has_moov, missing = _mp4_truncation(p)
             if looks_mp4 and not has_moov:
                 raise DecodeError(f"{p}: truncated MP4 ({os.path.getsize(p)} bytes, {missing} bytes "
                                   "missing): the moov index is absent, no frame is decodable") from None
-            raise DecodeError(f"{p}: not a video or unreadable container (decord: {msg})") from None
+            raise DecodeError(f"{p}: not a video or unreadable container (ffmpeg: {_first_line(e)})") from None
 
-    def _frame_shape(self) -> tuple[int, int]:
-        """decord exposes no width/height: decode frame 0 on a throwaway reader (``next()``,
-        no seek) so the main reader stays at frame 0. Fails fast if nothing decodes."""
-        probe = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
-        try:
-            h, w = probe.next().shape[:2]
-        except (StopIteration, DECORDError) as e:
-            why = str(e).strip().splitlines()[-1][-120:] if str(e) else "no frames"
-            raise DecodeError(f"{self.path}: zero frames decodable ({len(probe)} reported; decord: {why})") from None
-        finally:
-            del probe
-        return int(h), int(w)
+    def _video_stream(self):
+        c = self._container
+        if not c.streams.video:
+            kinds = ", ".join(f"{s.type} {s.codec_context.name if s.codec_context else '?'}"
+                              for s in c.streams) or "none"
+            raise DecodeError(f"{self.path}: no video stream in the container (streams: {kinds})")
+        s = c.streams.video[0]
+        ctx = s.codec_context
+        if ctx is None or ctx.name in ("", "none") or not _has_decoder(ctx.name):
+            tag = getattr(ctx, "codec_tag", "") if ctx is not None else ""
+            raise DecodeError(f"{self.path}: unsupported video codec "
+                              f"({ctx.name if ctx is not None else 'unknown'}{', tag ' + tag if tag else ''}): "
+                              "no decoder for it in this FFmpeg build")
+        s.thread_type = "AUTO"
+        ctx.thread_count = self.num_threads
+        return s
+
+    def _info(self, first: "av.VideoFrame") -> VideoInfo:
+        s, ctx = self._stream, self._stream.codec_context
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        fps = float(rate) if rate else 0.0
+        sar = ctx.sample_aspect_ratio or s.sample_aspect_ratio
+        sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
+        self._sar, self._rot = sar, _quarter_turns(getattr(first, "rotation", 0))
+        h, w = self._convert(first).shape[:2]
+        reported = int(s.frames or 0)
+        entries = getattr(s, "index_entries", ())
+        if reported and len(entries) == reported:  # a full sample index (MP4): count what the file holds
+            size = os.path.getsize(self.path)
+            reported = sum(1 for e in entries if e.pos < size)
+        if reported <= 0 and fps > 0:  # e.g. Matroska/WebM carry no frame count
+            if s.duration and s.time_base:
+                reported = round(float(s.duration * s.time_base) * fps)
+            elif self._container.duration:
+                reported = round(self._container.duration / 1e6 * fps)
+        return VideoInfo(fps, w, h, reported, ctx.name, first.format.name, first.width, first.height,
+                         90 * self._rot, f"{sar.numerator}:{sar.denominator}",
+                         f"{s.time_base.numerator}/{s.time_base.denominator}" if s.time_base else "",
+                         bool(first.interlaced_frame))
+
+    def _why_none(self) -> str:
+        if self.skipped_packets:
+            return f"the decoder rejected all {self.skipped_packets} packets"
+        return self.truncated_reason or "the stream has no frames"
+
+    # -- decode --------------------------------------------------------------------------------
+
+    def _decode(self) -> Iterator["av.VideoFrame"]:
+        """Every decodable frame in order. Packets the decoder rejects are skipped and counted;
+        a demuxer error (damaged file) ends the stream and marks it truncated."""
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as e:
+                self._stop_reason = f"demuxer: {_first_line(e)}"
+                return
+            try:
+                frames = packet.decode()
+            except av.error.EOFError:
+                return
+            except av.error.FFmpegError as e:
+                self.skipped_packets += 1
+                self._last_error = _first_line(e)
+                continue
+            yield from frames
+
+    def _convert(self, frame: "av.VideoFrame") -> np.ndarray:
+        """RGB uint8 in display geometry: square pixels, then the display rotation."""
+        if self._sar != 1:
+            width = max(1, round(frame.width * self._sar))
+            rgb = frame.to_ndarray(width=width, height=frame.height, format="rgb24")
+        else:
+            rgb = frame.to_ndarray(format="rgb24")
+        return np.rot90(rgb, self._rot) if self._rot else rgb
 
     def chunks(self) -> Iterator[FrameChunk]:
-        """Yield consecutive chunks; raise :class:`DecodeError` if no frame decodes at all."""
-        n, a = self.info.reported_frames, 0
-        while a < n:
-            b = min(a + self.chunk_frames, n)
-            try:
-                frames = self._vr.get_batch(list(range(a, b))).asnumpy()
-            except DECORDError as e:
-                err = str(e).strip().splitlines()[-1][-120:]
-            else:
-                err = None
-            if err is not None:
-                self._vr = None  # a failed reader re-raises forever; free it (and its thread) first
-                yield from self._recover(a, err)
-                break
-            self.frames_read = b
-            yield FrameChunk(a, frames, self._pts(a, b))
-            a = b
-        if self.frames_read == 0:
-            raise DecodeError(f"{self.path}: zero frames decodable ({self.truncated_reason or 'empty stream'})")
-
-    def _recover(self, a: int, why: str) -> Iterator[FrameChunk]:
-        """get_batch failed at frame ``a``: re-decode 0..a-1 with ``next()`` on a fresh reader
-        (discarded; skipped if ``a > max_redecode``), then yield frames until ``next()`` fails.
-
-        Best effort: decord drops already-decoded frames once its decode thread records an
-        error, so a damaged tail yields a varying count (fscut50: 32..47 of 47 measured).
-        The loop is bounded by the reported count, so it never asks for frames past it."""
-        n = self.info.reported_frames
-        if a <= self.max_redecode:
-            # one decoder thread: measured less racy at a damaged tail than frame threading
-            vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
-            i, buf = 0, []
-            while i < n:  # bounded by the reported count: never read past it
-                try:
-                    frame = vr.next()
-                except (StopIteration, DECORDError):
+        """Yield consecutive chunks from frame 0 (once per reader)."""
+        if self._first is None:
+            raise RuntimeError("ChunkedVideoReader.chunks() can only be iterated once")
+        frames, self._first = _prepend(self._first, self._frames), None
+        h, w, n = self.info.height, self.info.width, self.chunk_frames
+        start, last_pts, step = 0, None, 1.0 / self.info.fps if self.info.fps > 0 else 0.04
+        while True:
+            buf, pts, k = np.empty((n, h, w, 3), np.uint8), np.empty(n, np.float64), 0
+            for frame in frames:
+                rgb = self._convert(frame)
+                if rgb.shape != (h, w, 3):
+                    raise DecodeError(f"{self.path}: frame {start + k} is {rgb.shape[1]}x{rgb.shape[0]}, "
+                                      f"the stream started at {w}x{h} (resolution changes are not supported)")
+                buf[k] = rgb
+                t = frame.time
+                pts[k] = last_pts = t if t is not None else (last_pts + step if last_pts is not None else 0.0)
+                k += 1
+                if k == n:
                     break
-                if i >= a:
-                    buf.append(frame.asnumpy())
-                i += 1
-                if len(buf) == self.chunk_frames or (buf and i == n):
-                    yield FrameChunk(i - len(buf), np.stack(buf))
-                    buf = []
-            if buf:
-                yield FrameChunk(i - len(buf), np.stack(buf))
-            self.frames_read = max(a, i)
-            del vr
-        _, _, missing = _mp4_truncation(self.path)
-        left = n - self.frames_read
-        if left > self.tail_slack or missing:
-            self.truncated = True
-            self.truncated_reason = (f"decoding stopped after {self.frames_read} of {n} reported frames"
-                                     + (f"; file is {missing} bytes short of its last box" if missing else "")
-                                     + f" (decord: {why})")
+            if k == 0:
+                break
+            self.frames_read = start + k
+            yield FrameChunk(start, buf[:k], pts[:k])
+            start += k
+            if k < n:
+                break
+        self._finish()
 
-    def _pts(self, a: int, b: int) -> np.ndarray | None:
-        """Presentation times (s) of frames a..b-1 from the container index (no decode, no seek)."""
-        try:
-            return self._vr.get_frame_timestamp(list(range(a, b)))[:, 0].astype(np.float64)
-        except (DECORDError, IndexError, RuntimeError):
-            return None
+    def _finish(self) -> None:
+        """After the last frame: decide whether the file ended early."""
+        n, got = self.info.reported_frames, self.frames_read
+        _, _, missing = _mp4_truncation(self.path)
+        skipped = f"; {self.skipped_packets} packets undecodable" if self.skipped_packets else ""
+        why = self._stop_reason or (f"last decoder error: {self._last_error}" if self._last_error else "")
+        why = f" ({why})" if why else ""
+        if missing or self._stop_reason:
+            self.truncated = True
+            self.truncated_reason = (f"decoding stopped after {got} of {n} reported frames"
+                                     + (f"; file is {missing} bytes short of its last box" if missing else "")
+                                     + skipped + why)
+        elif n - got > self.tail_slack:
+            self.truncated = True
+            self.truncated_reason = f"only {got} of {n} reported frames decodable{skipped}{why}"
 
     def close(self) -> None:
-        self._vr = None
+        c, self._container = getattr(self, "_container", None), None
+        self._frames = None
+        if c is not None:
+            c.close()
 
     def __enter__(self) -> "ChunkedVideoReader":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _prepend(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def _quarter_turns(rotation) -> int:
+    """Display-matrix rotation (degrees counter-clockwise) -> np.rot90 turns (0..3)."""
+    return int(round((rotation or 0) / 90.0)) % 4 if rotation and math.isfinite(rotation) else 0
+
+
+def _has_decoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "r")
+    except Exception:  # noqa: BLE001 - PyAV raises UnknownCodecError (a ValueError) or FFmpegError
+        return False
+    return True
