@@ -68,8 +68,7 @@ def main(argv=None) -> int:
         runs[piped] = min((harvest_title(video, backend, config, RunOptions(pipelined=piped))
                            for _ in range(a.repeat)), key=lambda r: r.seconds)
     serial, piped = runs[False], runs[True]
-    faces = len(piped.tracks.faces.frame_idx)
-    print(f"\nframes {n}, faces {faces}, tracks {len(piped.tracks.members)}")
+    print(f"\nframes {n}, faces {piped.tracks.faces}, tracks {len(piped.tracks)}")
     print(f"{'measure':34s} {'seconds':>8s} {'frames/s':>9s}")
     print(f"{'decode only':34s} {dec:8.2f} {n / dec:9.1f}")
     for stage, busy in serial.times.busy.items():

@@ -1,67 +1,109 @@
 """The per-title work as a plain function: decode -> shots -> faces -> tracks -> quality -> mining.
 
 ``harvest_title`` needs no Ray; the runner calls it inside a worker that loaded the backend once.
-Each stage hands the next its own small type (frames, per-frame detections, face observations);
-the shard table is built once at the end by ``harvest.shard``.
+Each stage hands the next its own small type (frames, per-frame detections, face batches). The
+title is a stream: faces are linked into tracks as they arrive (``harvest.tracking.TrackLinker``);
+a track that closes gets its tracklets, mean and quality at once and its row goes to a local
+spill file (``harvest.shard.SpillWriter``), leaving only a small summary in memory. At the end,
+validity, cannot-link and hard negatives are decided from the summaries, and
+``harvest.shard.write_shard_file`` writes the shard from the spill. Memory stays flat in the
+title's length: the open tracks' faces, one spill batch, and (T, D) track means.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from harvest.config import HarvestConfig, RunOptions
 from harvest.decode import ChunkedVideoReader, VideoInfo
 from harvest.faces.base import Detections, FaceBackend
-from harvest.miners import CannotLinkMiner, HardNegativeMiner, HardPositiveMiner, TrackSet, adjacency
-from harvest.schema import N_TRACKLETS
+from harvest.miners import mine_tracklets, nearest_cannot_linked, valid_links
+from harvest.miners.base import l2_normalize
 from harvest.quality import blur_score, face_quality, face_size, mad_outliers, track_quality
+from harvest.schema import N_TRACKLETS
+from harvest.shard import SpillWriter, TitleColumns, TrackRow, write_shard_file
 from harvest.shots import ShotDetector
 from harvest.stages import StageTimes, run_chain
-from harvest.tracking import link_tracks
+from harvest.tracking import Track, TrackLinker
+
+
+@dataclass(frozen=True)
+class ShotChunk:
+    """A decoded chunk with each frame's shot id and presentation time (s)."""
+    start: int
+    frames: np.ndarray         # (n, H, W, 3) uint8 RGB
+    shot: np.ndarray           # (n,) int32
+    pts: np.ndarray            # (n,) float64
 
 
 @dataclass(frozen=True)
 class DetectedFrame:
     frame_idx: int
+    shot: int
+    pts: float
     frame: np.ndarray          # (H, W, 3) uint8 RGB
     dets: Detections
 
 
 @dataclass(frozen=True)
 class FaceBatch:
-    """Faces with features, columnar. F faces: frame_idx (F,), boxes (F, 4), kps (F, 5, 2),
-    scores (F,), blur (F,), emb (F, D)."""
+    """Faces with features, columnar, in frame order. F faces: frame_idx (F,), shot (F,),
+    pts (F,) s, boxes (F, 4), kps (F, 5, 2), scores (F,), blur (F,), emb (F, D)."""
     frame_idx: np.ndarray
+    shot: np.ndarray
+    pts: np.ndarray
     boxes: np.ndarray
     kps: np.ndarray
     scores: np.ndarray
     blur: np.ndarray
     emb: np.ndarray
 
-    @staticmethod
-    def concat(batches: list["FaceBatch"], dim: int) -> "FaceBatch":
-        if not batches:
-            return FaceBatch(np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
-                             np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32),
-                             np.zeros(0, np.float32), np.zeros((0, dim), np.float32))
-        return FaceBatch(*(np.concatenate([getattr(b, f) for b in batches])
-                           for f in FaceBatch.__dataclass_fields__))
 
-
-@dataclass(frozen=True)
+@dataclass
 class TitleTracks:
-    """Everything a shard row needs, per track (T tracks)."""
-    faces: FaceBatch
-    members: list              # T arrays of face indices
+    """A title's tracks after the stream: rows in the spill file, title columns and counts here.
+    Owns a scratch directory; use as a context manager (or ``close()``) to remove it."""
+    spill: SpillWriter
+    title: TitleColumns
     shot_id: np.ndarray        # (T,)
+    n_faces: np.ndarray        # (T,)
     quality: np.ndarray        # (T,)
-    invalid_reason: list       # T entries, None when valid
-    tracklets: list            # T harvest.miners.Tracklets
-    cannot_link: list          # T sorted lists of track indices
-    hard_negative: np.ndarray  # (T,) index or -1
+    scratch: tempfile.TemporaryDirectory = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.n_faces)
+
+    @property
+    def faces(self) -> int:
+        return int(self.n_faces.sum())
+
+    @property
+    def valid_tracks(self) -> int:
+        return int(self.title.is_valid.sum())
+
+    @property
+    def cannot_link_pairs(self) -> int:
+        return sum(len(c) for c in self.title.cannot_link) // 2
+
+    def write_shard(self, title_id: str, meta: dict) -> str:
+        """Write the final shard to a local file in the scratch directory; return its path."""
+        path = os.path.join(self.scratch.name, "shard.parquet")
+        write_shard_file(self.spill, self.title, title_id, meta, path, self.n_faces)
+        return path
+
+    def close(self) -> None:
+        self.scratch.cleanup()
+
+    def __enter__(self) -> "TitleTracks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -76,14 +118,17 @@ class TitleResult:
 
 # -- stages ----------------------------------------------------------------------------------
 
-def decode_stage(reader: ChunkedVideoReader, shots: ShotDetector, on_progress=None):
+def decode_stage(reader: ChunkedVideoReader, shots: ShotDetector, fps: float, on_progress=None):
     def stage(_start: Iterator) -> Iterator:
         for _ in _start:
             for chunk in reader.chunks():
                 shots.update(chunk.start, chunk.frames)
+                idx = np.arange(chunk.start, chunk.stop)
+                pts = chunk.pts if chunk.pts is not None else idx / fps
                 if on_progress is not None:
                     on_progress(chunk.stop, reader.info.reported_frames)
-                yield chunk
+                yield ShotChunk(chunk.start, chunk.frames, shots.shot_of(idx),
+                                np.asarray(pts, np.float64))
     return stage
 
 
@@ -97,7 +142,8 @@ def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: f
                 for i, frame, dets in zip(idx, frames, backend.detect(frames)):
                     dets = dets.keep(face_size(dets.boxes) >= min_face_size)
                     if len(dets):
-                        yield DetectedFrame(chunk.start + i, frame, dets)
+                        yield DetectedFrame(chunk.start + i, int(chunk.shot[i]),
+                                            float(chunk.pts[i]), frame, dets)
     return stage
 
 
@@ -105,8 +151,11 @@ def embed_stage(backend: FaceBackend, batch: int):
     def flush(pending: list) -> FaceBatch:
         crops = np.concatenate([c for _, c in pending])
         emb = backend.embed(crops)
+        per_face = lambda value: np.concatenate(  # noqa: E731
+            [np.full(len(d.dets), getattr(d, value)) for d, _ in pending])
         return FaceBatch(
-            np.concatenate([np.full(len(d.dets), d.frame_idx, np.int64) for d, _ in pending]),
+            per_face("frame_idx").astype(np.int64), per_face("shot").astype(np.int32),
+            per_face("pts").astype(np.float64),
             np.concatenate([d.dets.boxes for d, _ in pending]),
             np.concatenate([d.dets.kps for d, _ in pending]),
             np.concatenate([d.dets.scores for d, _ in pending]),
@@ -126,60 +175,128 @@ def embed_stage(backend: FaceBackend, batch: int):
     return stage
 
 
-# -- after the frames: tracks, quality, mining ------------------------------------------------
+# -- tracks as the faces arrive, mining when they close --------------------------------------
 
-def build_tracks(faces: FaceBatch, shots: ShotDetector, fps: float, config: HarvestConfig) -> TitleTracks:
-    fps = fps if fps and fps > 0 else 25.0
-    order = np.argsort(faces.frame_idx, kind="stable")
-    faces = FaceBatch(*(getattr(faces, f)[order] for f in FaceBatch.__dataclass_fields__))
-    face_shot = shots.shot_of(faces.frame_idx)
-    max_gap = max(config.det_stride, int(round(config.max_gap_seconds * fps)))
-    members = link_tracks(faces.frame_idx, faces.boxes, face_shot,
-                          iou_threshold=config.iou_threshold, max_gap=max_gap)
-    size = face_size(faces.boxes)
-    fq = face_quality(faces.scores, size, faces.blur)
-    quality = np.array([track_quality(fq[m]) for m in members], np.float32)
-    span = np.array([faces.frame_idx[m[-1]] - faces.frame_idx[m[0]] + config.det_stride
-                     for m in members], np.float64)
-    reasons: list = [None] * len(members)
-    long_enough = span / fps >= config.min_track_seconds
-    for t in np.flatnonzero(~long_enough):
-        reasons[t] = "short"
-    candidates = np.flatnonzero(long_enough)
-    for t in candidates[mad_outliers(quality[candidates], config.quality_mad_k)]:
-        reasons[t] = "low_quality"
-    valid = np.array([r is None for r in reasons], bool)
+@dataclass(frozen=True)
+class _Summary:
+    """What the end of the title needs of a closed track."""
+    shot: int
+    n_faces: int
+    quality: float
+    span: float                # frames, last - first + det_stride
+    mean: np.ndarray           # (D,) unit norm
+    anchor: np.ndarray         # (D,) anchor tracklet, or the mean without tracklets
+    partners: set              # track ids sharing a frame
 
-    trackset = TrackSet([faces.frame_idx[m] for m in members], [faces.emb[m] for m in members], valid)
-    pairs = CannotLinkMiner().mine(trackset)
-    links = adjacency(pairs, len(members))
-    tracklets = HardPositiveMiner(N_TRACKLETS).mine(trackset)
-    anchors = np.stack([tl.vectors[0] if tl.vectors is not None else mean
-                        for tl, mean in zip(tracklets, trackset.mean_embeddings)]) \
-        if members else np.zeros((0, faces.emb.shape[1]), np.float32)
-    hard_neg = HardNegativeMiner().mine(trackset, cannot_link=links, anchors=anchors)
-    shot_id = np.array([face_shot[m[0]] for m in members], np.int32)
-    return TitleTracks(faces, members, shot_id, quality, reasons, tracklets, links, hard_neg)
+
+def close_track(track: Track) -> TrackRow:
+    """A closed track (payloads: per-face tuples from ``TitleTracker.add``) -> its row, with the
+    hard-positive tracklets, mean embedding and quality."""
+    f = list(zip(*track.faces))
+    boxes = np.stack(f[2])
+    emb = np.stack(f[6])
+    blur, scores = np.array(f[5]), np.array(f[4])
+    size = face_size(boxes)
+    return TrackRow(
+        track.track_id, track.shot, np.array(f[0], np.int64), np.array(f[1], np.float64), boxes,
+        np.stack(f[3]).reshape(-1, 10), scores, size, blur, emb,
+        l2_normalize(emb.mean(axis=0)[None])[0], mine_tracklets(emb, N_TRACKLETS),
+        track_quality(face_quality(scores, size, blur)))
+
+
+class TitleTracker:
+    """Consumes a title's face batches in frame order; closed tracks go to the spill file."""
+
+    def __init__(self, config: HarvestConfig, fps: float, dim: int, scratch_dir: str | None = None):
+        self.config, self.fps, self.dim = config, fps, dim
+        max_gap = max(config.det_stride, int(round(config.max_gap_seconds * fps)))
+        self.linker = TrackLinker(config.iou_threshold, max_gap)
+        self.scratch = tempfile.TemporaryDirectory(prefix="harvest-title-", dir=scratch_dir)
+        self.spill = SpillWriter(os.path.join(self.scratch.name, "spill.parquet"), dim)
+        self.summaries: dict[int, _Summary] = {}
+
+    def add(self, faces: FaceBatch) -> None:
+        """One batch, frame order, later frames than the previous batch; a frame's faces are
+        never split across batches (the embed stage flushes whole frames)."""
+        f = faces.frame_idx
+        starts = np.flatnonzero(np.r_[True, np.diff(f) != 0]) if len(f) else []
+        for s, e in zip(starts, list(starts[1:]) + [len(f)]):
+            payloads = [(int(f[i]), float(faces.pts[i]), faces.boxes[i].copy(),
+                         faces.kps[i].copy(), faces.scores[i], faces.blur[i], faces.emb[i].copy())
+                        for i in range(s, e)]
+            for track in self.linker.push(int(f[s]), int(faces.shot[s]), faces.boxes[s:e],
+                                          payloads):
+                self._close(track)
+
+    def _close(self, track: Track) -> None:
+        row = close_track(track)
+        tl = row.tracklets
+        self.summaries[track.track_id] = _Summary(
+            row.shot_id, len(row.frame_idx), row.track_quality,
+            float(row.frame_idx[-1] - row.frame_idx[0] + self.config.det_stride),
+            row.mean_embedding, tl.vectors[0] if tl.vectors is not None else row.mean_embedding,
+            track.partners)
+        self.spill.add(row)
+
+    def finish(self) -> TitleTracks:
+        """End of the title: close every track, then validity, cannot-link, hard negatives."""
+        for track in self.linker.finish():
+            self._close(track)
+        self.spill.close()
+        cfg = self.config
+        s = [self.summaries[t] for t in range(len(self.summaries))]   # track_id order
+        quality = np.array([x.quality for x in s], np.float32)
+        span = np.array([x.span for x in s], np.float64)
+        reasons: list = [None] * len(s)
+        long_enough = span / self.fps >= cfg.min_track_seconds
+        for t in np.flatnonzero(~long_enough):
+            reasons[t] = "short"
+        candidates = np.flatnonzero(long_enough)
+        for t in candidates[mad_outliers(quality[candidates], cfg.quality_mad_k)]:
+            reasons[t] = "low_quality"
+        valid = np.array([r is None for r in reasons], bool)
+        links = valid_links([x.partners for x in s], valid)
+        stack = lambda name: (np.stack([getattr(x, name) for x in s]) if s  # noqa: E731
+                              else np.zeros((0, self.dim), np.float32))
+        hard_neg = nearest_cannot_linked(stack("mean"), stack("anchor"), links)
+        self.summaries = {}
+        return TitleTracks(self.spill, TitleColumns(valid, reasons, links, hard_neg),
+                           np.array([x.shot for x in s], np.int32),
+                           np.array([x.n_faces for x in s], np.int64), quality, self.scratch)
+
+    def close(self) -> None:
+        """Drop everything (after a failure)."""
+        self.spill.close()
+        self.scratch.cleanup()
 
 
 def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
                   options: RunOptions | None = None, on_progress=None) -> TitleResult:
     """Harvest one local video file. Raises harvest.decode.DecodeError on unreadable input.
-    ``on_progress(frames_decoded, frames_reported)`` is called after every decoded chunk."""
+    ``on_progress(frames_decoded, frames_reported)`` is called after every decoded chunk.
+    The result's ``tracks`` own a scratch directory (under ``options.scratch_dir``): close them."""
     options = options or RunOptions()
     t0 = time.perf_counter()
     times = StageTimes()
     shots = ShotDetector(config.shot_threshold, config.min_shot_frames)
     with ChunkedVideoReader(path, chunk_frames=options.chunk_frames) as reader:
-        stages = [("decode", decode_stage(reader, shots, on_progress)),
-                  ("detect", detect_stage(backend, config.det_stride, options.det_batch,
-                                          config.min_face_size)),
-                  ("embed", embed_stage(backend, options.embed_batch))]
-        batches = list(run_chain([None], stages, threaded=options.pipelined, times=times))
-        info, frames = reader.info, reader.frames_read
-    faces = FaceBatch.concat(batches, backend.embedding_dim)
-    t1 = time.perf_counter()
-    tracks = build_tracks(faces, shots, info.fps, config)
-    times.add("track_mine", time.perf_counter() - t1)
+        fps = reader.info.fps if reader.info.fps and reader.info.fps > 0 else 25.0
+        tracker = TitleTracker(config, fps, backend.embedding_dim, options.scratch_dir)
+        try:
+            stages = [("decode", decode_stage(reader, shots, fps, on_progress)),
+                      ("detect", detect_stage(backend, config.det_stride, options.det_batch,
+                                              config.min_face_size)),
+                      ("embed", embed_stage(backend, options.embed_batch))]
+            for batch in run_chain([None], stages, threaded=options.pipelined, times=times):
+                t1 = time.perf_counter()
+                tracker.add(batch)
+                times.add("track_mine", time.perf_counter() - t1)
+            info, frames = reader.info, reader.frames_read
+            t1 = time.perf_counter()
+            tracks = tracker.finish()
+            times.add("track_mine", time.perf_counter() - t1)
+        except BaseException:
+            tracker.close()
+            raise
     return TitleResult(info, frames, list(shots.boundaries), tracks, times,
                        time.perf_counter() - t0)

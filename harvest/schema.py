@@ -5,6 +5,9 @@ A shard is one Parquet file per title, one row per face track. Readers (``traini
 
 Shapes (N = faces in the track, D = embedding dimension of the backend):
     frame_idx        list<int32>                 (N,)   strictly increasing source frame numbers
+    timestamps       list<float64>               (N,)   presentation time of each face's frame, s
+                                                        (non-decreasing; frame_idx / fps when the
+                                                        container gives no timestamps)
     boxes            list<fixed_size_list<f32,4>>  (N, 4) x1, y1, x2, y2 in source pixels
     landmarks        list<fixed_size_list<f32,10>> (N, 10) 5 points (x, y) interleaved
     det_score        list<float32>               (N,)
@@ -16,6 +19,11 @@ Shapes (N = faces in the track, D = embedding dimension of the backend):
     tracklet_members list<list<int32>>           3 lists of positions into the track's faces
     cannot_link      list<int64>                 track_ids of the same title sharing a frame
     hard_negative    int64, nullable             a track_id inside cannot_link
+
+Row order: rows are written in ascending ``track_id``; track ids are 0..T-1 in order of the
+tracks' first face (frame, then detection order inside the frame), so the same video and config
+give the same shard bytes. Readers should still look tracks up by ``track_id`` (ids, not row
+positions, are what ``cannot_link`` and ``hard_negative`` refer to).
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-PIPELINE_VERSION = "1.0.0"
+PIPELINE_VERSION = "1.1.0"
 N_TRACKLETS = 3
 METADATA_KEY = b"harvest"
 
@@ -48,6 +56,7 @@ def shard_schema(dim: int) -> pa.Schema:
         pa.field("shot_id", pa.int32(), nullable=False),
         pa.field("n_faces", pa.int32(), nullable=False),
         pa.field("frame_idx", pa.list_(pa.int32()), nullable=False),
+        pa.field("timestamps", pa.list_(pa.float64()), nullable=False),
         pa.field("boxes", pa.list_(_vec(4)), nullable=False),
         pa.field("landmarks", pa.list_(_vec(10)), nullable=False),
         pa.field("det_score", pa.list_(pa.float32()), nullable=False),
@@ -63,6 +72,11 @@ def shard_schema(dim: int) -> pa.Schema:
         pa.field("is_valid", pa.bool_(), nullable=False),
         pa.field("invalid_reason", pa.string(), nullable=True),
     ])
+
+
+# Columns that depend on the whole title (validity, constraints between tracks): a track's row
+# without them can be written as soon as the track closes; they are filled in at the end.
+TITLE_COLUMNS = ("title_id", "cannot_link", "hard_negative", "is_valid", "invalid_reason")
 
 
 def embedding_dim(schema: pa.Schema) -> int:

@@ -1,12 +1,61 @@
-"""Build a title's shard table (schema in harvest.schema) from the pipeline's tracks."""
+"""Write a title's shard (schema in harvest.schema) in bounded memory, in two passes.
+
+1. While the title is decoded, each track's row, minus the columns that need the whole title
+   (``schema.TITLE_COLUMNS``), is appended to a local *spill* Parquet file as soon as the track
+   closes (``SpillWriter``; a row group every ``FLUSH_BYTES``). Tracks close in a different order
+   than they open, so the writer remembers where each track_id landed.
+2. At the end of the title, ``write_shard_file`` reads the spill back a few row groups at a time,
+   in track_id order, adds the title columns, and writes the final shard to a local file (row
+   groups of about ``FLUSH_BYTES``), which ``harvest.storage.put_shard_file`` uploads.
+
+Memory: one spill batch plus a few spill row groups, whatever the title's length.
+"""
 from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from harvest.miners.base import l2_normalize
-from harvest.quality import face_size
-from harvest.schema import N_TRACKLETS, PIPELINE_VERSION, shard_schema, with_metadata
+from harvest.miners import Tracklets
+from harvest.schema import (N_TRACKLETS, PIPELINE_VERSION, TITLE_COLUMNS, shard_schema,
+                            with_metadata)
+
+FLUSH_BYTES = 8 << 20   # uncompressed bytes per row group (spill and final shard)
+_CACHED_GROUPS = 4      # spill row groups kept while reordering to track_id order
+
+
+@dataclass(frozen=True)
+class TrackRow:
+    """The per-track columns of one closed track (N faces, D dims)."""
+    track_id: int
+    shot_id: int
+    frame_idx: np.ndarray      # (N,) int
+    timestamps: np.ndarray     # (N,) float64 seconds
+    boxes: np.ndarray          # (N, 4)
+    landmarks: np.ndarray      # (N, 10)
+    det_score: np.ndarray      # (N,)
+    face_size: np.ndarray      # (N,)
+    blur: np.ndarray           # (N,)
+    embeddings: np.ndarray     # (N, D)
+    mean_embedding: np.ndarray  # (D,)
+    tracklets: Tracklets
+    track_quality: float
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(getattr(self, f).nbytes for f in _PER_FACE)) + self.mean_embedding.nbytes * 4
+
+
+_PER_FACE = ("frame_idx", "timestamps", "boxes", "landmarks", "det_score", "face_size", "blur",
+             "embeddings")
+_TYPES = {"frame_idx": np.int32, "timestamps": np.float64}
+
+
+def spill_schema(dim: int) -> pa.Schema:
+    return pa.schema([f for f in shard_schema(dim) if f.name not in TITLE_COLUMNS])
 
 
 def _fixed(values: np.ndarray, width: int) -> pa.Array:
@@ -15,54 +64,128 @@ def _fixed(values: np.ndarray, width: int) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
 
-def _per_face(values: np.ndarray, members: list, width: int | None) -> pa.Array:
-    """Ragged per-track lists of per-face values, gathered by members."""
-    order = np.concatenate(members) if members else np.zeros(0, np.int64)
-    offsets = pa.array(np.r_[0, np.cumsum([len(m) for m in members])].astype(np.int32))
-    gathered = values[order]
-    inner = pa.array(gathered.astype(np.float32)) if width is None else _fixed(gathered, width)
+def _ragged(parts: list, field: pa.Field) -> pa.Array:
+    """Per-track arrays of per-face values -> list array of ``field``'s type."""
+    offsets = pa.array(np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int32))
+    value_type = field.type.value_type
+    flat = np.concatenate(parts)
+    if pa.types.is_fixed_size_list(value_type):
+        inner = _fixed(flat.reshape(len(flat), -1), value_type.list_size)
+    else:
+        inner = pa.array(flat.astype(value_type.to_pandas_dtype()), value_type)
     return pa.ListArray.from_arrays(offsets, inner)
 
 
-def build_shard_table(title_id: str, tracks, meta: dict) -> pa.Table:
-    """tracks: harvest.pipeline.TitleTracks -> pa.Table with the shard schema and metadata."""
-    faces, members = tracks.faces, tracks.members
-    dim = int(faces.emb.shape[1])
-    T = len(members)
-    nulls = [tl.vectors is None for tl in tracks.tracklets]
-    vectors = np.stack([np.zeros((N_TRACKLETS, dim), np.float32) if tl.vectors is None
-                        else tl.vectors for tl in tracks.tracklets]) \
-        if T else np.zeros((0, N_TRACKLETS, dim), np.float32)
-    tracklets = pa.FixedSizeListArray.from_arrays(_fixed(vectors.reshape(-1, dim), dim),
-                                                  N_TRACKLETS, mask=pa.array(nulls, pa.bool_()))
-    frame_idx = pa.ListArray.from_arrays(
-        pa.array(np.r_[0, np.cumsum([len(m) for m in members])].astype(np.int32)),
-        pa.array(faces.frame_idx[np.concatenate(members)] if T else [], pa.int32()))
-    means = l2_normalize(np.stack([faces.emb[m].mean(axis=0) for m in members])) if T \
-        else np.zeros((0, dim), np.float32)
-    hn = tracks.hard_negative
+def track_table(rows: list[TrackRow], dim: int) -> pa.Table:
+    """Closed tracks -> a table with ``spill_schema(dim)``."""
+    schema = spill_schema(dim)
+    nulls = [r.tracklets.vectors is None for r in rows]
+    vectors = np.stack([np.zeros((N_TRACKLETS, dim), np.float32) if r.tracklets.vectors is None
+                        else r.tracklets.vectors for r in rows])
     columns = {
-        "title_id": pa.array([title_id] * T, pa.string()),
-        "track_id": pa.array(np.arange(T), pa.int64()),
-        "shot_id": pa.array(tracks.shot_id, pa.int32()),
-        "n_faces": pa.array([len(m) for m in members], pa.int32()),
-        "frame_idx": frame_idx,
-        "boxes": _per_face(faces.boxes, members, 4),
-        "landmarks": _per_face(faces.kps.reshape(-1, 10), members, 10),
-        "det_score": _per_face(faces.scores, members, None),
-        "face_size": _per_face(face_size(faces.boxes), members, None),
-        "blur": _per_face(faces.blur, members, None),
-        "embeddings": _per_face(faces.emb, members, dim),
-        "mean_embedding": _fixed(means, dim),
-        "tracklets": tracklets,
-        "tracklet_members": pa.array([tl.members for tl in tracks.tracklets],
+        "track_id": pa.array([r.track_id for r in rows], pa.int64()),
+        "shot_id": pa.array([r.shot_id for r in rows], pa.int32()),
+        "n_faces": pa.array([len(r.frame_idx) for r in rows], pa.int32()),
+        **{name: _ragged([getattr(r, name) for r in rows], schema.field(name))
+           for name in _PER_FACE},
+        "mean_embedding": _fixed(np.stack([r.mean_embedding for r in rows]), dim),
+        "tracklets": pa.FixedSizeListArray.from_arrays(
+            _fixed(vectors.reshape(-1, dim), dim), N_TRACKLETS, mask=pa.array(nulls, pa.bool_())),
+        "tracklet_members": pa.array([r.tracklets.members for r in rows],
                                      pa.list_(pa.list_(pa.int32()))),
-        "cannot_link": pa.array([list(c) for c in tracks.cannot_link], pa.list_(pa.int64())),
-        "hard_negative": pa.array([int(h) if h >= 0 else None for h in hn], pa.int64()),
-        "track_quality": pa.array(tracks.quality, pa.float32()),
-        "is_valid": pa.array([r is None for r in tracks.invalid_reason], pa.bool_()),
-        "invalid_reason": pa.array(tracks.invalid_reason, pa.string()),
+        "track_quality": pa.array([r.track_quality for r in rows], pa.float32()),
     }
-    schema = with_metadata(shard_schema(dim), {**meta, "pipeline_version": PIPELINE_VERSION,
+    return pa.table([columns[f.name] for f in schema], schema=schema)
+
+
+class SpillWriter:
+    """Append closed tracks to a local Parquet file; ``location[track_id]`` = (row group, row)."""
+
+    def __init__(self, path: str, dim: int, flush_bytes: int | None = None):
+        self.path, self.dim = path, dim
+        self.flush_bytes = FLUSH_BYTES if flush_bytes is None else flush_bytes
+        self.location: dict[int, tuple[int, int]] = {}
+        self._rows: list[TrackRow] = []
+        self._bytes = 0
+        self._groups = 0
+        self._writer = pq.ParquetWriter(path, spill_schema(dim), compression="none")
+
+    def add(self, row: TrackRow) -> None:
+        self.location[row.track_id] = (self._groups, len(self._rows))
+        self._rows.append(row)
+        self._bytes += row.nbytes
+        if self._bytes >= self.flush_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            table = track_table(self._rows, self.dim)
+            self._writer.write_table(table, row_group_size=table.num_rows)
+            self._groups += 1
+            self._rows, self._bytes = [], 0
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+
+
+@dataclass(frozen=True)
+class TitleColumns:
+    """The columns that need the whole title, indexed by track_id (T tracks)."""
+    is_valid: np.ndarray        # (T,) bool
+    invalid_reason: list        # T entries, None when valid
+    cannot_link: list           # T sorted lists of track ids
+    hard_negative: np.ndarray   # (T,) track id or -1
+
+
+def write_shard_file(spill: SpillWriter, title: TitleColumns, title_id: str, meta: dict,
+                     out_path: str, n_faces: np.ndarray, flush_bytes: int | None = None) -> None:
+    """Second pass: the spill (closed) plus the title columns -> the final shard at the local
+    ``out_path``, rows in track_id order. ``n_faces`` (T,) sizes the output row groups."""
+    dim = spill.dim
+    flush_bytes = FLUSH_BYTES if flush_bytes is None else flush_bytes
+    schema = with_metadata(shard_schema(dim), {**meta, "title_id": title_id,
+                                               "pipeline_version": PIPELINE_VERSION,
                                                "embedding_dim": dim})
-    return pa.table(columns, schema=schema)
+    T = len(title.is_valid)
+    face_bytes = 4 * (dim + 4 + 10 + 3) + 4 + 8
+    source = pq.ParquetFile(spill.path) if T else None
+    cache: OrderedDict[int, pa.Table] = OrderedDict()
+
+    def group(g: int) -> pa.Table:
+        if g not in cache:
+            cache[g] = source.read_row_group(g)
+            if len(cache) > _CACHED_GROUPS:
+                cache.popitem(last=False)
+        cache.move_to_end(g)
+        return cache[g]
+
+    with pq.ParquetWriter(out_path, schema, compression="zstd") as writer:
+        start = 0
+        while start < T:
+            stop, size = start, 0
+            while stop < T and (stop == start or size < flush_bytes):
+                size += int(n_faces[stop]) * face_bytes
+                stop += 1
+            ids = np.arange(start, stop)
+            loc = np.array([spill.location[int(t)] for t in ids], np.int64).reshape(-1, 2)
+            parts, order = [], []
+            for g in dict.fromkeys(loc[:, 0].tolist()):       # groups in order of first use
+                sel = np.flatnonzero(loc[:, 0] == g)
+                parts.append(group(g).take(pa.array(loc[sel, 1])))
+                order.append(sel)
+            rows = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(order))))
+            hn = title.hard_negative[start:stop]
+            extra = {
+                "title_id": pa.array([title_id] * len(ids), pa.string()),
+                "cannot_link": pa.array(title.cannot_link[start:stop], pa.list_(pa.int64())),
+                "hard_negative": pa.array(hn, pa.int64(), mask=hn < 0),
+                "is_valid": pa.array(title.is_valid[start:stop], pa.bool_()),
+                "invalid_reason": pa.array(title.invalid_reason[start:stop], pa.string()),
+            }
+            cols = [extra[f.name] if f.name in extra else rows.column(f.name) for f in schema]
+            table = pa.Table.from_arrays(cols, schema=schema)
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+            start = stop

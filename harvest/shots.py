@@ -29,13 +29,13 @@ def content_change(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class ShotDetector:
-    """Feed frames in order with ``update``; ``boundaries`` lists each shot's first frame."""
+    """Feed frames in order with ``update``; ``boundaries`` lists each shot's first frame.
+    Keeps one signature and the boundaries (a few thousand for a film), nothing per frame."""
 
     def __init__(self, threshold: float = 27.0, min_shot_frames: int = 8):
         self.threshold = float(threshold)
         self.min_shot_frames = int(min_shot_frames)
         self.boundaries: list[int] = [0]
-        self.scores: list[float] = []
         self._prev: np.ndarray | None = None
         self._next_index = 0
 
@@ -48,7 +48,6 @@ class ShotDetector:
             idx = start + i
             if self._prev is not None:
                 score = content_change(self._prev, sig)
-                self.scores.append(score)
                 if score >= self.threshold and idx - self.boundaries[-1] >= self.min_shot_frames:
                     self.boundaries.append(idx)
             self._prev = sig

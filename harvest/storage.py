@@ -6,7 +6,8 @@ Layout under the output root:
     manifest/<title_id>.json     one manifest record per title; status "done" makes a title done
     manifest.jsonl               consolidated manifest, one line per title sorted by title_id
 
-Every write goes through ``write_atomic``: a reader never sees a partial file at a final name.
+Every write goes through ``write_atomic`` (bytes) or ``write_file_atomic`` (a local file, streamed
+without loading it): a reader never sees a partial file at a final name.
 """
 from __future__ import annotations
 
@@ -90,6 +91,51 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         raise
 
 
+def _cleanup(fs: fsspec.AbstractFileSystem, tmp: str) -> None:
+    try:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+    except Exception:  # pragma: no cover - best effort, the original error matters
+        pass
+
+
+COPY_BLOCK = 4 << 20
+
+
+def write_file_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> str:
+    """Copy the local file ``local_path`` to ``path`` atomically, ``COPY_BLOCK`` bytes at a time;
+    return its sha256 (computed on the bytes as they stream). Local-like file systems: temporary
+    name in the same directory, then a rename; object stores: one ``put_file`` upload."""
+    digest = hashlib.sha256()
+    if _is_object_store(fs):
+        with open(local_path, "rb") as src:
+            for block in iter(lambda: src.read(COPY_BLOCK), b""):
+                digest.update(block)
+        fs.put_file(local_path, path)
+        return digest.hexdigest()
+    parent, name = posixpath.split(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(local_path, "rb") as src, fs.open(tmp, "wb") as dst:
+            for block in iter(lambda: src.read(COPY_BLOCK), b""):
+                digest.update(block)
+                dst.write(block)
+            dst.flush()
+            fileno = getattr(dst, "fileno", None)
+            if fileno is not None:
+                try:
+                    os.fsync(fileno())
+                except (OSError, ValueError, AttributeError, NotImplementedError):
+                    pass
+        fs.mv(tmp, path)
+    except BaseException:
+        _cleanup(fs, tmp)
+        raise
+    return digest.hexdigest()
+
+
 def shard_path(root: str, title_id: str) -> str:
     return posixpath.join(root, SHARDS_DIR, f"{title_id}{SHARD_SUFFIX}")
 
@@ -121,6 +167,14 @@ def write_shard(fs: fsspec.AbstractFileSystem, root: str, table: pa.Table) -> tu
     path = shard_path(root, title_id)
     write_atomic(fs, path, data)
     return path, sha256_bytes(data)
+
+
+def put_shard_file(fs: fsspec.AbstractFileSystem, root: str, local_path: str) -> tuple[str, str]:
+    """Upload a shard written to a local file (its single title named in its metadata)
+    atomically, without reading it into memory; return (path, sha256)."""
+    title_id = read_metadata(pq.read_schema(local_path))["title_id"]
+    path = shard_path(root, title_id)
+    return path, write_file_atomic(fs, local_path, path)
 
 
 def read_shard(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:

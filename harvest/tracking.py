@@ -2,10 +2,14 @@
 
 IoU association with optimal assignment (Hungarian, scipy), tracks closed after a gap longer than
 ``max_gap`` frames, and never continued across a shot boundary.
+
+``TrackLinker`` is incremental: feed it one frame's faces at a time, in frame order, and it hands
+back the tracks that closed, so only the open tracks (those of the current shot seen within the
+last ``max_gap`` frames) are ever held. ``link_tracks`` is the same linker over whole arrays.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -26,10 +30,68 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Open:
-    members: list[int]      # face indices, in frame order
+class Track:
+    """One track. ``track_id`` counts tracks in opening order (first frame, then the face's
+    position inside that frame); ``faces`` holds the caller's per-face payloads in frame order;
+    ``partners`` the ids of the tracks that share at least one frame with it."""
+    track_id: int
+    shot: int
+    faces: list
     last_frame: int
     last_box: np.ndarray
+    partners: set = field(default_factory=set)
+
+
+class TrackLinker:
+    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 12):
+        self.iou_threshold, self.max_gap = iou_threshold, max_gap
+        self._open: list[Track] = []          # in opening order (this orders assignment ties)
+        self._shot: int | None = None
+        self._frame: int | None = None
+        self.n_opened = 0
+
+    @property
+    def n_open(self) -> int:
+        return len(self._open)
+
+    def push(self, frame: int, shot: int, boxes: np.ndarray, payloads) -> list[Track]:
+        """All faces of frame ``frame`` (later than the previous call's): boxes (m, 4) and m
+        payloads -> the tracks that closed before this frame (gap > max_gap or a cut)."""
+        if self._frame is not None and frame <= self._frame:
+            raise ValueError(f"faces must be sorted by frame: {frame} after {self._frame}")
+        self._frame = frame
+        closed: list[Track] = []
+        if shot != self._shot:                           # a cut closes every open track
+            closed, self._open, self._shot = self._open, [], shot
+        still = [t for t in self._open if frame - t.last_frame <= self.max_gap]
+        closed += [t for t in self._open if frame - t.last_frame > self.max_gap]
+        self._open = still
+        iou = iou_matrix(np.array([t.last_box for t in still]).reshape(-1, 4), boxes)
+        rows, cols = linear_sum_assignment(-iou) if iou.size else ([], [])
+        here, used = [], set()
+        for r, c in zip(rows, cols):
+            if iou[r, c] >= self.iou_threshold:
+                t = still[r]
+                t.faces.append(payloads[c])
+                t.last_frame, t.last_box = frame, boxes[c]
+                used.add(c)
+                here.append(t)
+        for c in range(len(boxes)):
+            if c not in used:
+                t = Track(self.n_opened, shot, [payloads[c]], frame, boxes[c])
+                self.n_opened += 1
+                self._open.append(t)
+                here.append(t)
+        if len(here) > 1:                                # tracks sharing this frame
+            ids = {t.track_id for t in here}
+            for t in here:
+                t.partners |= ids - {t.track_id}
+        return closed
+
+    def finish(self) -> list[Track]:
+        """End of the video: every open track closes."""
+        closed, self._open = self._open, []
+        return closed
 
 
 def link_tracks(frame_idx: np.ndarray, boxes: np.ndarray, shot_id: np.ndarray, *,
@@ -38,35 +100,15 @@ def link_tracks(frame_idx: np.ndarray, boxes: np.ndarray, shot_id: np.ndarray, *
 
     frame_idx (F,) int, boxes (F, 4), shot_id (F,) int: one row per detected face, sorted by
     frame. Returns a list of (n_i,) int arrays of face indices, one per track, each sorted by
-    frame, each inside one shot, never two faces of one frame in a track.
+    frame, each inside one shot, never two faces of one frame in a track; in track_id order.
     """
     if len(frame_idx) and np.any(np.diff(frame_idx) < 0):
         raise ValueError("faces must be sorted by frame")
-    done: list[list[int]] = []
-    open_: list[_Open] = []
-    current_shot = None
+    linker = TrackLinker(iou_threshold, max_gap)
+    done: list[Track] = []
     starts = np.flatnonzero(np.r_[True, np.diff(frame_idx) != 0]) if len(frame_idx) else []
     ends = list(starts[1:]) + [len(frame_idx)]
     for s, e in zip(starts, ends):
-        f, shot = int(frame_idx[s]), int(shot_id[s])
-        if shot != current_shot:                        # a cut closes every open track
-            done += [t.members for t in open_]
-            open_, current_shot = [], shot
-        still = [t for t in open_ if f - t.last_frame <= max_gap]
-        done += [t.members for t in open_ if f - t.last_frame > max_gap]
-        open_ = still
-        faces = np.arange(s, e)
-        iou = iou_matrix(np.array([t.last_box for t in open_]).reshape(-1, 4), boxes[faces])
-        rows, cols = linear_sum_assignment(-iou) if iou.size else ([], [])
-        used = set()
-        for r, c in zip(rows, cols):
-            if iou[r, c] >= iou_threshold:
-                t = open_[r]
-                t.members.append(int(faces[c]))
-                t.last_frame, t.last_box = f, boxes[faces[c]]
-                used.add(c)
-        for c, face in enumerate(faces):
-            if c not in used:
-                open_.append(_Open([int(face)], f, boxes[face]))
-    done += [t.members for t in open_]
-    return [np.asarray(m, np.int64) for m in sorted(done, key=lambda m: (frame_idx[m[0]], m[0]))]
+        done += linker.push(int(frame_idx[s]), int(shot_id[s]), boxes[s:e], range(s, e))
+    done += linker.finish()
+    return [np.asarray(t.faces, np.int64) for t in sorted(done, key=lambda t: t.track_id)]

@@ -19,7 +19,7 @@ from harvest import schema as S
 from harvest import storage
 
 UNIT_TOL = 1e-3
-PER_FACE = ("frame_idx", "boxes", "landmarks", "det_score", "face_size", "blur", "embeddings")
+PER_FACE = ("frame_idx", "timestamps", "boxes", "landmarks", "det_score", "face_size", "blur", "embeddings")
 SHOWN = 5  # track ids listed per violation
 
 
@@ -118,6 +118,13 @@ def validate_table(table: pa.Table, meta: dict | None = None,
     bad = same & (np.diff(frames) <= 0)
     if bad.any():
         out.append(f"frame_idx not strictly increasing in {_ids(tid[row[1:][bad]])}")
+    stamps = pc.list_flatten(_col(table, "timestamps")).to_numpy(zero_copy_only=False)
+    bad = ~np.isfinite(stamps)
+    if bad.any():
+        out.append(f"timestamps: non-finite values in {_ids(tid[row[bad]])}")
+    bad = same & (np.diff(stamps) < 0)
+    if bad.any():
+        out.append(f"timestamps decreasing in {_ids(tid[row[1:][bad]])}")
     frame_count = meta.get("frame_count")
     if frame_count is not None:
         bad = (frames < 0) | (frames >= frame_count)

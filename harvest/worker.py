@@ -18,7 +18,6 @@ from harvest.faces.registry import load_backend, model_files, resolve
 from harvest.faults import maybe_hang
 from harvest.pipeline import harvest_title
 from harvest.schema import PIPELINE_VERSION, STATUS_DONE, STATUS_FAILED
-from harvest.shard import build_shard_table
 from harvest.sources import Source, staged
 
 
@@ -99,13 +98,13 @@ class TitleWorker:
             with staged(source.uri, self.options.scratch_dir) as local:
                 result = harvest_title(local, self.backend, self.config, self.options,
                                        on_progress=self.track_progress(source))
-            table = build_shard_table(source.title_id, result.tracks, self.metadata(source, result))
-            path, sha = storage.write_shard(self.fs, self.root, table)
-            valid = table.column("is_valid").to_pylist()
+            with result.tracks as tracks:      # removes the title's scratch files
+                local_shard = tracks.write_shard(source.title_id, self.metadata(source, result))
+                path, sha = storage.put_shard_file(self.fs, self.root, local_shard)
             record.update(status=STATUS_DONE, shard_path=path, shard_sha256=sha,
-                          frames=result.frames, faces=len(result.tracks.faces.frame_idx),
-                          tracks=table.num_rows, valid_tracks=int(sum(valid)),
-                          cannot_link_pairs=sum(len(c) for c in result.tracks.cannot_link) // 2)
+                          frames=result.frames, faces=tracks.faces, tracks=len(tracks),
+                          valid_tracks=tracks.valid_tracks,
+                          cannot_link_pairs=tracks.cannot_link_pairs)
             error = None
         except Exception as exc:  # noqa: BLE001 - every failure becomes a manifest row
             error = f"{type(exc).__name__}: {exc}".strip()

@@ -106,3 +106,62 @@ def test_validation_rejects_bad_tracks():
         CannotLinkMiner().mine(TrackSet([np.array([2, 1])], [e], np.array([True])))
     with pytest.raises(ValueError, match="unit-norm"):
         CannotLinkMiner().mine(TrackSet([np.array([1, 2])], [e * 2], np.array([True])))
+
+
+def matrix_tracklets(emb, n=3):
+    """The brute-force definition on the full N x N distance matrix (the miner before it went
+    blockwise): first maximum in row-major order, stable sort for the nearest k."""
+    N = len(emb)
+    k = N // n
+    dist = np.linalg.norm(emb[:, None, :] - emb[None, :, :], axis=-1)
+    a, p1 = np.unravel_index(np.argmax(dist), dist.shape)
+    pool = np.ones(N, bool)
+    members = []
+    for t in range(n):
+        seed = a if t == 0 else (p1 if t == 1 and pool[p1] else
+                                 np.flatnonzero(pool)[np.argmax(dist[a, pool])])
+        cand = np.flatnonzero(pool)
+        take = cand[np.argsort(dist[seed, cand], kind="stable")[:k]]
+        pool[take] = False
+        members.append(sorted(int(i) for i in take))
+    return members
+
+
+def tie_prone(rng, N, D):
+    """Few distinct directions, repeated and quantised: many exactly equal distances."""
+    base = l2_normalize(np.round(rng.normal(size=(max(2, N // 4), D))))
+    return base[rng.integers(0, len(base), N)]
+
+
+@pytest.mark.parametrize("block", [1, 3, 512])
+@pytest.mark.parametrize("seed", range(12))
+def test_blockwise_tracklets_equal_the_matrix_definition(seed, block, monkeypatch):
+    import harvest.miners.hard_positive as hp
+    monkeypatch.setattr(hp, "BLOCK_ROWS", block)
+    rng = np.random.default_rng(seed)
+    for N in (3, 4, 5, 6, 9, 17, 40):
+        for D in (2, 3, 16):
+            for emb in (l2_normalize(rng.normal(size=(N, D))), tie_prone(rng, N, D),
+                        l2_normalize(np.ones((N, D)))):       # all faces identical
+                got = mine_tracklets(emb, 3)
+                assert got.members == matrix_tracklets(emb), (N, D)
+
+
+def test_farthest_pair_on_a_large_track_matches_the_matrix():
+    from harvest.miners.hard_positive import farthest_pair
+    rng = np.random.default_rng(7)
+    emb = l2_normalize(rng.normal(size=(1500, 64)) + rng.normal(size=64) * 4)
+    dist = np.linalg.norm(emb[:, None, :] - emb[None, :, :], axis=-1)
+    a, p1, row = farthest_pair(emb, block=128)
+    assert (a, p1) == np.unravel_index(np.argmax(dist), dist.shape)
+    np.testing.assert_array_equal(row, dist[a])
+    assert mine_tracklets(emb, 3).members == matrix_tracklets(emb)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_valid_links_from_co_occurrence_equal_cannot_link_miner(seed):
+    from harvest.miners import valid_links
+    ts = random_tracks(np.random.default_rng(seed))
+    partners = [{o for o in range(len(ts)) if o != t
+                 and set(ts.frame_idx[t]) & set(ts.frame_idx[o])} for t in range(len(ts))]
+    assert valid_links(partners, ts.is_valid) == adjacency(CannotLinkMiner().mine(ts), len(ts))

@@ -20,7 +20,7 @@ def _table(title_id="t1", n_tracks=2):
     schema = S.with_metadata(S.shard_schema(D), meta)
     v = [1.0, 0.0, 0.0, 0.0]
     rows = [{"title_id": title_id, "track_id": i, "shot_id": 0, "n_faces": 1,
-             "frame_idx": [i], "boxes": [[0, 0, 1, 1]], "landmarks": [[0.0] * 10],
+             "frame_idx": [i], "timestamps": [i / 25], "boxes": [[0, 0, 1, 1]], "landmarks": [[0.0] * 10],
              "det_score": [1.0], "face_size": [1.0], "blur": [1.0], "embeddings": [v],
              "mean_embedding": v, "tracklets": None, "tracklet_members": [],
              "cannot_link": [], "hard_negative": None, "track_quality": 1.0,
@@ -156,6 +156,74 @@ def test_object_store_uses_single_put(monkeypatch):
     try:
         storage.write_atomic(fs, f"{root}/a/b.json", b"{}")
         assert fs.cat_file(f"{root}/a/b.json") == b"{}" and calls == []
+    finally:
+        monkeypatch.undo()
+        fs.rm(root, recursive=True)
+
+
+def _shard_file(tmp_path, title_id="t1"):
+    import pyarrow.parquet as pq
+    local = tmp_path / f"local-{uuid.uuid4().hex}.parquet"
+    pq.write_table(_table(title_id), local)
+    return str(local)
+
+
+def test_put_shard_file_streams_and_hashes(url, tmp_path, monkeypatch):
+    fs, root = storage.open_fs(url)
+    monkeypatch.setattr(storage, "COPY_BLOCK", 100)      # many blocks
+    local = _shard_file(tmp_path)
+    path, sha = storage.put_shard_file(fs, root, local)
+    data = open(local, "rb").read()
+    assert path == storage.shard_path(root, "t1") and fs.cat_file(path) == data
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert storage.read_shard(fs, path).equals(_table())
+    assert _leftovers(fs, path) == []
+
+
+def test_file_write_failing_mid_copy_keeps_old_content(url, tmp_path, monkeypatch):
+    fs, root = storage.open_fs(url)
+    path = storage.shard_path(root, "z")
+    storage.write_atomic(fs, path, b"previous")
+    local = tmp_path / "big.bin"
+    local.write_bytes(b"x" * 1000)
+    monkeypatch.setattr(storage, "COPY_BLOCK", 100)
+    real_open = fs.open
+
+    class Breaks:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.n += 1
+            if self.n == 3:
+                raise Boom("disk full")
+            self.f.write(data)
+    monkeypatch.setattr(fs, "open", lambda p, mode="rb", **kw: Breaks(real_open(p, mode, **kw)))
+    with pytest.raises(Boom):
+        storage.write_file_atomic(fs, str(local), path)
+    monkeypatch.undo()
+    assert fs.cat_file(path) == b"previous" and _leftovers(fs, path) == []
+
+
+def test_file_write_to_object_store_is_one_put_file(tmp_path, monkeypatch):
+    fs, root = storage.open_fs(f"memory://storage-putfile-{uuid.uuid4().hex}")
+    monkeypatch.setattr(fs, "protocol", ("s3", "s3a"))
+    calls = []
+    real_put = fs.put_file
+    monkeypatch.setattr(fs, "mv", lambda *a, **k: calls.append("mv"))
+    monkeypatch.setattr(fs, "put_file", lambda *a, **k: (calls.append("put"), real_put(*a, **k)))
+    local = tmp_path / "s.bin"
+    local.write_bytes(b"abc" * 1000)
+    try:
+        sha = storage.write_file_atomic(fs, str(local), f"{root}/a/s.bin")
+        assert calls == ["put"] and fs.cat_file(f"{root}/a/s.bin") == local.read_bytes()
+        assert sha == hashlib.sha256(local.read_bytes()).hexdigest()
     finally:
         monkeypatch.undo()
         fs.rm(root, recursive=True)

@@ -122,3 +122,138 @@ def test_threaded_chain_overlaps_stages():
     threaded = time.perf_counter() - t0
     assert threaded < 0.7 * serial
     assert threading.active_count() < 20
+
+
+# -- incremental linking and the streamed title ----------------------------------------------
+
+def synthetic_faces(seed, frames=400, dim=8):
+    """Walkers in shots of ~40 frames, present with gaps, plus one-frame false positives:
+    -> (shot boundaries, columns of faces sorted by frame; detection order inside a frame
+    shuffled)."""
+    from harvest.miners.base import l2_normalize
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(20, frames), size=frames // 40, replace=False))
+    shot_of = lambda f: int(np.searchsorted(cuts, f, side="right"))  # noqa: E731
+    people = l2_normalize(rng.normal(size=(6, dim)))
+    rows = []
+    for f in range(frames):
+        faces = []
+        for p in range(4):
+            if rng.random() < 0.75:
+                x = 30 + 120 * p + 0.5 * f % 40
+                faces.append(([x, 40, x + 60, 100], people[(p + shot_of(f)) % 6]))
+        if rng.random() < 0.1:
+            x = rng.uniform(0, 500)
+            faces.append(([x, 200, x + 30, 230], l2_normalize(rng.normal(size=dim))))
+        for i in rng.permutation(len(faces)):
+            box, who = faces[i]
+            rows.append((f, shot_of(f), box, l2_normalize(who + 0.2 * rng.normal(size=dim))))
+    f = np.array([r[0] for r in rows])
+    n = len(rows)
+    return [0] + cuts.tolist(), dict(frame_idx=f, shot=np.array([r[1] for r in rows], np.int32), pts=f / 25.0,
+                boxes=np.array([r[2] for r in rows], np.float32),
+                kps=rng.uniform(0, 100, (n, 5, 2)).astype(np.float32),
+                scores=rng.uniform(0.5, 1, n).astype(np.float32),
+                blur=rng.uniform(10, 300, n).astype(np.float32),
+                emb=np.stack([r[3] for r in rows]).astype(np.float32))
+
+
+def test_linker_fed_frame_by_frame_closes_tracks_early_and_reports_co_occurrence():
+    from harvest.tracking import TrackLinker
+    _, faces = synthetic_faces(0)
+    f, boxes, shot = faces["frame_idx"], faces["boxes"], faces["shot"]
+    linker = TrackLinker(0.3, 5)
+    closed, max_open = [], 0
+    for frame in np.unique(f):
+        rows = np.flatnonzero(f == frame)
+        closed += linker.push(int(frame), int(shot[rows[0]]), boxes[rows], rows.tolist())
+        max_open = max(max_open, linker.n_open)
+    n_before_end = len(closed)
+    closed += linker.finish()
+    assert n_before_end > 0.8 * len(closed) and max_open <= 10     # tracks close as we go
+    tracks = sorted(closed, key=lambda t: t.track_id)
+    assert [t.track_id for t in tracks] == list(range(len(tracks)))
+    assert [np.asarray(t.faces).tolist() for t in tracks] == \
+        [m.tolist() for m in link_tracks(f, boxes, shot, max_gap=5)]
+    firsts = [t.faces[0] for t in tracks]          # ids in opening order
+    assert firsts == sorted(firsts)
+    for t in tracks:
+        want = {o.track_id for o in tracks if o is not t
+                and set(f[t.faces]) & set(f[o.faces])}
+        assert t.partners == want
+    with pytest.raises(ValueError, match="sorted by frame"):
+        linker.push(0, 0, boxes[:1], [0])
+        linker.push(0, 0, boxes[:1], [0])
+
+
+def batch_reference(faces, config, fps):
+    """The whole-title definition (what the pipeline computed before streaming): link every
+    face at once, then quality/validity, cannot-link, tracklets and hard negatives on a TrackSet."""
+    from harvest.miners import (CannotLinkMiner, HardNegativeMiner, HardPositiveMiner, TrackSet,
+                                adjacency)
+    from harvest.quality import face_quality, face_size, track_quality
+    max_gap = max(config.det_stride, int(round(config.max_gap_seconds * fps)))
+    members = link_tracks(faces["frame_idx"], faces["boxes"], faces["shot"],
+                          iou_threshold=config.iou_threshold, max_gap=max_gap)
+    fq = face_quality(faces["scores"], face_size(faces["boxes"]), faces["blur"])
+    quality = np.array([track_quality(fq[m]) for m in members], np.float32)
+    span = np.array([faces["frame_idx"][m[-1]] - faces["frame_idx"][m[0]] + config.det_stride
+                     for m in members], np.float64)
+    reasons = [None] * len(members)
+    long_enough = span / fps >= config.min_track_seconds
+    for t in np.flatnonzero(~long_enough):
+        reasons[t] = "short"
+    cand = np.flatnonzero(long_enough)
+    for t in cand[mad_outliers(quality[cand], config.quality_mad_k)]:
+        reasons[t] = "low_quality"
+    valid = np.array([r is None for r in reasons])
+    ts = TrackSet([faces["frame_idx"][m] for m in members], [faces["emb"][m] for m in members],
+                  valid)
+    links = adjacency(CannotLinkMiner().mine(ts), len(members))
+    tls = HardPositiveMiner(3).mine(ts)
+    anchors = np.stack([tl.vectors[0] if tl.vectors is not None else m
+                        for tl, m in zip(tls, ts.mean_embeddings)])
+    hn = HardNegativeMiner().mine(ts, cannot_link=links, anchors=anchors)
+    return dict(members=members, quality=quality, reasons=reasons, links=links, hn=hn,
+                tracklets=tls, means=ts.mean_embeddings)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
+    import pyarrow.parquet as pq
+    from harvest.config import HarvestConfig
+    from harvest.pipeline import FaceBatch, TitleTracker
+    from harvest.validate import validate_table
+    bounds, faces = synthetic_faces(seed)
+    config, fps = HarvestConfig(min_track_seconds=0.4, quality_mad_k=1.0), 25.0
+    ref = batch_reference(faces, config, fps)
+    tracker = TitleTracker(config, fps, 8, str(tmp_path))
+    tracker.spill.flush_bytes = 2000                  # many spill row groups
+    f = faces["frame_idx"]
+    starts = np.flatnonzero(np.r_[True, np.diff(f) != 0])
+    cuts = list(starts[::7]) + [len(f)]               # batches of whole frames
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        tracker.add(FaceBatch(**{k: v[a:b] for k, v in faces.items()}))
+    meta = dict(title_id="t", source_uri="x", fps=fps, width=640, height=360, frame_count=400,
+                backend="b", detector_file="", detector_sha256="", embedder_file="",
+                embedder_sha256="", config_hash="c", shot_boundaries=bounds)
+    with tracker.finish() as tracks:
+        path = tracks.write_shard("t", meta)
+        table = pq.read_table(path)
+        where = [tracks.spill.location[t] for t in range(len(tracks))]
+        assert where[-1][0] > 3 and where != sorted(where)   # reordered across row groups
+    assert not list(tmp_path.iterdir())               # scratch removed
+    members = ref["members"]
+    assert table.column("track_id").to_pylist() == list(range(len(members)))
+    assert table.column("frame_idx").to_pylist() == [f[m].tolist() for m in members]
+    np.testing.assert_array_equal(np.concatenate(table.column("timestamps").to_pylist()),
+                                  np.concatenate([f[m] / 25.0 for m in members]))
+    assert table.column("cannot_link").to_pylist() == ref["links"]
+    assert table.column("hard_negative").to_pylist() == [h if h >= 0 else None for h in ref["hn"]]
+    assert table.column("invalid_reason").to_pylist() == ref["reasons"]
+    np.testing.assert_array_equal(table.column("track_quality").to_numpy(), ref["quality"])
+    assert table.column("tracklet_members").to_pylist() == [t.members for t in ref["tracklets"]]
+    np.testing.assert_array_equal(np.stack(table.column("mean_embedding").to_numpy(
+        zero_copy_only=False)), ref["means"])
+    assert sum(map(len, ref["links"])) > 0 and ref["reasons"].count(None) > 3
+    assert validate_table(table) == []

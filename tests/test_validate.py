@@ -41,7 +41,7 @@ def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, v
         members, tracklets = [], None
     return {
         "title_id": META["title_id"], "track_id": track_id, "shot_id": shot_id, "n_faces": n,
-        "frame_idx": list(frames),
+        "frame_idx": list(frames), "timestamps": [f / META["fps"] for f in frames],
         "boxes": [[10 + i, 20, 50 + i, 70] for i in x.tolist()],
         "landmarks": [[1.0] * 10 for _ in range(n)],
         "det_score": [0.9] * n, "face_size": [40.0] * n, "blur": [100.0] * n,
@@ -127,6 +127,11 @@ CORRUPTIONS = {
     "tracklet member out of range": (
         _set(0, "tracklet_members", [[0, 1, 2], [10, 8, 7], [3, 4, 5]]), "outside [0, n_faces)"),
     "title_id mismatch": (_set(0, "title_id", "other"), "title_id column"),
+    "decreasing timestamps": (_set(0, "timestamps", [1.0, 1.1, 1.2, 1.3, 1.2] + [1.5] * 5),
+                              "timestamps decreasing"),
+    "non-finite timestamp": (_set(2, "timestamps", [float("nan")] + [6.0] * 11),
+                             "timestamps: non-finite"),
+    "timestamps length": (_set(1, "timestamps", [1.5]), "timestamps: length != n_faces"),
     "tracklet is not its members' mean": (_swap_tracklets, "normalised means of their"),
     "mean_embedding is not the faces' mean": (_other_mean, "normalised mean of the track"),
 }

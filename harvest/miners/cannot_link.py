@@ -29,3 +29,12 @@ def adjacency(pairs: np.ndarray, n_tracks: int) -> list[list[int]]:
         nbrs[i].append(int(j))
         nbrs[j].append(int(i))
     return [sorted(n) for n in nbrs]
+
+
+def valid_links(partners: list, is_valid: np.ndarray) -> list[list[int]]:
+    """Per track, the co-occurring tracks (``partners``: per track an iterable of the tracks it
+    shares a frame with, e.g. from ``harvest.tracking.TrackLinker``) restricted to valid tracks,
+    sorted; [] for invalid tracks. Same result as ``adjacency(CannotLinkMiner().mine(...))``
+    without a title-wide frame index."""
+    return [sorted(int(o) for o in p if is_valid[o]) if is_valid[t] else []
+            for t, p in enumerate(partners)]

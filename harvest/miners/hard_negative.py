@@ -6,15 +6,21 @@ import numpy as np
 from harvest.miners.base import BaseMiner, TrackSet
 
 
+def nearest_cannot_linked(means: np.ndarray, anchors: np.ndarray, cannot_link: list) -> np.ndarray:
+    """means (T, D) unit-norm track means, anchors (T, D), cannot_link: per track a list of
+    track indices -> (T,) int64 nearest cannot-linked track (first on ties), -1 where none.
+    O(T * D) memory: one track's neighbours at a time."""
+    out = np.full(len(cannot_link), -1, np.int64)
+    for t, others in enumerate(cannot_link):
+        if len(others):
+            d = np.linalg.norm(means[others] - anchors[t], axis=1)
+            out[t] = others[int(np.argmin(d))]
+    return out
+
+
 class HardNegativeMiner(BaseMiner):
     def _mine(self, tracks: TrackSet, *, cannot_link: list, anchors: np.ndarray) -> np.ndarray:
         """cannot_link: per track, the tracks it may not share an identity with;
         anchors (T, D): the anchor tracklet (or the track mean when a track has no tracklets).
         -> (T,) int64 index of the hard-negative track, -1 where a track has no cannot-link."""
-        means = tracks.mean_embeddings
-        out = np.full(len(tracks), -1, np.int64)
-        for t, others in enumerate(cannot_link):
-            if others:
-                d = np.linalg.norm(means[others] - anchors[t], axis=1)
-                out[t] = others[int(np.argmin(d))]
-        return out
+        return nearest_cannot_linked(tracks.mean_embeddings, anchors, cannot_link)

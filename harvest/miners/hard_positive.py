@@ -3,6 +3,12 @@
 The anchor a and first positive p1 are the farthest pair of faces; each grows into its
 k = floor(N / n) nearest remaining faces (taken faces leave the pool); every later positive is
 built around the remaining face farthest from the anchor. Tracklet = L2-normalised mean.
+
+Memory is O(N * D): the farthest pair is searched with matrix products over blocks of rows
+(``BLOCK_ROWS`` x N distances at a time, upper triangle only), and only the few rows that can hold the maximum are
+re-measured exactly; growth needs one row of distances per seed. The result is identical to the
+brute-force definition on the full N x N matrix of ``||e_i - e_j||`` (first maximum in row-major
+order, stable sort for the nearest k).
 """
 from __future__ import annotations
 
@@ -12,11 +18,44 @@ import numpy as np
 
 from harvest.miners.base import BaseMiner, TrackSet, l2_normalize
 
+BLOCK_ROWS = 512   # rows of the distance matrix held at once while searching the farthest pair
+# Squared-distance slack between the matrix-product estimate and the exact distance: far above
+# float32 rounding (~D * 6e-8 for unit vectors), so every row that may hold the true maximum is
+# re-measured exactly.
+_SLACK = 1e-3
+
 
 @dataclass(frozen=True)
 class Tracklets:
     vectors: np.ndarray | None    # (n, D) unit-norm, or None when the track has < n faces
     members: list                 # n lists of face positions (ascending), or []
+
+
+def distance_row(emb: np.ndarray, i: int) -> np.ndarray:
+    """(N,) exact distances ||e_i - e_j||, the same float operations as the full matrix."""
+    return np.linalg.norm(emb[i] - emb, axis=-1)
+
+
+def farthest_pair(emb: np.ndarray, block: int = BLOCK_ROWS) -> tuple[int, int, np.ndarray]:
+    """-> (a, p1, distance row of a): the first maximum of the pairwise distance matrix in
+    row-major order, without building the matrix."""
+    e = np.asarray(emb, np.float32)
+    sq = np.einsum("ij,ij->i", e, e)
+    row_max = np.full(len(e), -np.inf, np.float32)
+    for s in range(0, len(e), block):                  # upper triangle only (symmetry)
+        d2 = e[s:s + block] @ e[s:].T                  # (b, N - s) dot products ...
+        d2 *= -2.0
+        d2 += sq[s:s + block, None]
+        d2 += sq[None, s:]                             # ... turned into squared distances
+        np.maximum(row_max[s:s + block], d2.max(axis=1), out=row_max[s:s + block])
+        np.maximum(row_max[s:], d2.max(axis=0), out=row_max[s:])
+    best, a, p1, row_a = -np.inf, 0, 0, None
+    for i in np.flatnonzero(row_max >= row_max.max() - _SLACK):   # ascending rows
+        row = distance_row(emb, int(i))
+        j = int(np.argmax(row))
+        if row[j] > best:
+            best, a, p1, row_a = row[j], int(i), j, row
+    return a, p1, row_a
 
 
 def mine_tracklets(emb: np.ndarray, n: int = 3) -> Tracklets:
@@ -25,8 +64,7 @@ def mine_tracklets(emb: np.ndarray, n: int = 3) -> Tracklets:
     if N < n:
         return Tracklets(None, [])
     k = N // n
-    dist = np.linalg.norm(emb[:, None, :] - emb[None, :, :], axis=-1)
-    a, p1 = np.unravel_index(np.argmax(dist), dist.shape)
+    a, p1, dist_a = farthest_pair(emb)
     pool = np.ones(N, bool)
     members = []
     for seed_i in range(n):
@@ -35,9 +73,10 @@ def mine_tracklets(emb: np.ndarray, n: int = 3) -> Tracklets:
         elif seed_i == 1 and pool[p1]:
             seed = p1
         else:
-            seed = np.flatnonzero(pool)[np.argmax(dist[a, pool])]
+            seed = int(np.flatnonzero(pool)[np.argmax(dist_a[pool])])
+        row = dist_a if seed == a else distance_row(emb, seed)
         cand = np.flatnonzero(pool)
-        take = cand[np.argsort(dist[seed, cand], kind="stable")[:k]]
+        take = cand[np.argsort(row[cand], kind="stable")[:k]]
         pool[take] = False
         members.append(sorted(int(i) for i in take))
     vectors = l2_normalize(np.stack([emb[m].mean(axis=0) for m in members]))
