@@ -52,7 +52,7 @@ class RunOptions:
     gpus_per_worker: float = 0.0
     title_timeout: float = 3600.0     # seconds before a title is declared hung and killed
     max_attempts: int = 3             # tries per title when its actor/worker/node dies
-    start_timeout: float = 300.0      # seconds an actor may take to start (models loaded)
+    start_timeout: float = 600.0      # seconds an actor may take to start (node launch, models)
     chunk_frames: int = 32            # frames decoded per contiguous chunk
     det_batch: int = 8                # frames per detector call
     embed_batch: int = 64             # aligned faces per embedder call

@@ -167,7 +167,7 @@ class _Run:
     def fail(self, source: Source, error: str, seconds: float = 0.0) -> None:
         record = new_record(source, self.plan.config_hash, self.plan.backend)
         record = finish(record, error, time.perf_counter() - seconds)
-        record["attempts"] = max(1, self.attempts[source.title_id])
+        record["attempts"] = self.attempts[source.title_id]      # 0: never reached a worker
         storage.write_record(self.fs, self.root, record)
         self.record(record)
 
@@ -197,17 +197,23 @@ class _Run:
         return self.records
 
     def size_pool(self) -> None:
+        """Spawn actors up to the pool size; drop pending ones the run no longer needs or the
+        alive nodes have no room for. Without ``workers`` the size follows the alive nodes (at
+        least one, so an autoscaler sees demand); with it, pending actors wait for new nodes."""
         now = time.monotonic()
         if now - self.cap_at >= CAPACITY_EVERY:
             self.cap, self.cap_at = capacity(self.ray, self.options), now
-        want = min(self.options.workers or self.cap, self.cap, len(self.queue) + len(self.running))
+        want = min(self.options.workers or max(1, self.cap), len(self.queue) + len(self.running))
+        live = len(self.idle) + len(self.running)
         while self.held() < want:
             actor = self.spawn_actor()
             self.pending[actor.ready.remote()] = (actor, now)
-        # pending actors beyond what the alive nodes can hold will never start: drop them
-        surplus = self.held() - max(self.cap, len(self.idle) + len(self.running))
+        surplus = self.held() - max(want, live)
         for ref in sorted(self.pending, key=lambda r: -self.pending[r][1])[:max(0, surplus)]:
             self.kill(self.pending.pop(ref)[0])
+        if not self.queue:                      # nothing left to hand out
+            while self.idle:
+                self.kill(self.idle.pop()[0])
         for ref, (actor, since) in list(self.pending.items()):
             if now - since > self.options.start_timeout:
                 self.pending.pop(ref)
@@ -269,6 +275,7 @@ class _Run:
             return
         except Exception as exc:  # noqa: BLE001 - a bug in the worker, not a dead machine
             self.kill(actor)
+            clean_temp_files(self.fs, self.root, [source.title_id])
             self.fail(source, f"worker error: {_one_line(exc)}", time.monotonic() - started)
             return
         self.idle.append((actor, node))
@@ -280,11 +287,12 @@ class _Run:
             if now - started > self.options.title_timeout:
                 self.running.pop(ref)
                 self.kill(actor)
+                clean_temp_files(self.fs, self.root, [source.title_id])
                 self.fail(source, f"TimeoutError: title did not finish within "
                                   f"{self.options.title_timeout:g} s (worker killed)", now - started)
 
     def give_up_if_stuck(self) -> None:
-        """Titles queued with no live actor: wait for one to start, but not forever."""
+        """Titles queued and no live actor: wait for one to start, but not forever."""
         if not self.queue or self.idle or self.running:
             self.starved_since = None
             return
@@ -293,14 +301,13 @@ class _Run:
         reason = None
         if self.start_failures >= self.options.max_attempts:
             reason = f"{self.start_failures} actor starts failed in a row; last: {self.last_error}"
-        elif not self.pending and now - self.starved_since > self.options.start_timeout:
-            reason = (f"no room on the alive nodes for an actor ({self.options.cpus_per_worker:g} "
-                      f"CPU, {self.options.gpus_per_worker:g} GPU) for "
-                      f"{self.options.start_timeout:g} s")
+        elif now - self.starved_since > self.options.start_timeout:
+            reason = (f"no actor ({self.options.cpus_per_worker:g} CPU, "
+                      f"{self.options.gpus_per_worker:g} GPU) came alive within "
+                      f"{self.options.start_timeout:g} s ({self.cap} fit on the alive nodes)")
         if reason:
             while self.queue:
-                source = self.queue.pop(0)
-                self.fail(source, f"no worker could be started: {reason}")
+                self.fail(self.queue.pop(0), f"no worker could be started: {reason}")
 
     def poll_progress(self) -> None:
         """Ask each running actor where its title is, without ever blocking on one."""

@@ -137,6 +137,21 @@ def test_crash_is_retried_timeout_and_bad_input_are_not(cluster, clips, tmp_path
     assert validate_main(str(out)) == 0
 
 
+def test_no_room_for_any_actor_ends_the_run(cluster, clips, tmp_path):
+    """Actors that no alive node can hold (a GPU on a CPU-only cluster) are never given titles;
+    the run ends after --start-timeout with every title failed and the reason."""
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    code = main(run_args(clips, out, "--gpus-per-worker", "1", "--start-timeout", "5"))
+    assert time.monotonic() - t0 < 60
+    assert code == EXIT_TITLES_FAILED
+    recs = records_of(out)
+    assert len(recs) == N_TITLES
+    for r in recs.values():
+        assert r["status"] == "failed" and r["attempts"] == 0
+        assert r["error"].startswith("no worker could be started: no actor (1 CPU, 1 GPU)")
+
+
 def _cpus_free(ray, want, timeout=60.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
