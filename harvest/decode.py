@@ -23,6 +23,7 @@ scaled by the sample aspect ratio), so faces are upright and undistorted for the
 embedder. Boxes downstream are therefore in display pixels; ``VideoInfo`` records the coded size,
 rotation and sample aspect ratio needed to map them back. Interlaced video is not deinterlaced
 (one frame per coded frame; ``VideoInfo.interlaced`` says so). High bit depth is converted to 8 bit.
+A mid-stream resolution change is scaled to the first frame's size.
 """
 from __future__ import annotations
 
@@ -190,7 +191,8 @@ class ChunkedVideoReader:
         fps = float(rate) if rate else 0.0
         sar = ctx.sample_aspect_ratio or s.sample_aspect_ratio
         sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
-        self._sar, self._rot = sar, _quarter_turns(getattr(first, "rotation", 0))
+        self._rot = _quarter_turns(getattr(first, "rotation", 0))
+        self._stored_size = (max(1, round(first.width * sar)), first.height)  # square pixels
         h, w = self._convert(first).shape[:2]
         reported = int(s.frames or 0)
         entries = getattr(s, "index_entries", ())
@@ -237,10 +239,11 @@ class ChunkedVideoReader:
             yield from frames
 
     def _convert(self, frame: "av.VideoFrame") -> np.ndarray:
-        """RGB uint8 in display geometry: square pixels, then the display rotation."""
-        if self._sar != 1:
-            width = max(1, round(frame.width * self._sar))
-            rgb = frame.to_ndarray(width=width, height=frame.height, format="rgb24")
+        """RGB uint8 in display geometry: square pixels, then the display rotation. A frame whose
+        size differs from the first one's (a mid-stream resolution change) is scaled to it."""
+        w, h = self._stored_size
+        if (frame.width, frame.height) != (w, h):
+            rgb = frame.to_ndarray(width=w, height=h, format="rgb24")
         else:
             rgb = frame.to_ndarray(format="rgb24")
         return np.rot90(rgb, self._rot) if self._rot else rgb
@@ -255,11 +258,7 @@ class ChunkedVideoReader:
         while True:
             buf, pts, k = np.empty((n, h, w, 3), np.uint8), np.empty(n, np.float64), 0
             for frame in frames:
-                rgb = self._convert(frame)
-                if rgb.shape != (h, w, 3):
-                    raise DecodeError(f"{self.path}: frame {start + k} is {rgb.shape[1]}x{rgb.shape[0]}, "
-                                      f"the stream started at {w}x{h} (resolution changes are not supported)")
-                buf[k] = rgb
+                buf[k] = self._convert(frame)
                 t = frame.time
                 pts[k] = last_pts = t if t is not None else (last_pts + step if last_pts is not None else 0.0)
                 k += 1

@@ -290,6 +290,18 @@ def test_unsupported_codec(tmp_path):
         ChunkedVideoReader(str(tmp_path / "odd.mkv"))
 
 
+def test_resolution_change_is_scaled_to_the_first_size(tmp_path):
+    """Two MPEG-TS streams (160x96 then 320x192) concatenated byte-wise, as broadcast captures are."""
+    a = write_video(tmp_path / "a.ts", n=10)
+    b = write_video(tmp_path / "b.ts", n=10, size=(2 * W, 2 * H), frame=lambda i, w, h: source_frame(i + 10, w, h))
+    path = tmp_path / "ab.ts"
+    path.write_bytes(open(a, "rb").read() + open(b, "rb").read())
+    r, frames, _ = read_all(str(path))
+    assert (r.info.width, r.info.height) == (W, H) and len(frames) == 20
+    sources = [source_frame(i) for i in range(20)]
+    assert [which(f, sources) for f in frames] == list(range(20))
+
+
 def test_chunks_iterate_once(tmp_path):
     with ChunkedVideoReader(write_video(tmp_path / "a.mp4", n=3)) as r:
         assert sum(len(c.frames) for c in r.chunks()) == 3
@@ -338,3 +350,112 @@ def test_memory_of_a_5_minute_480p_title_behind_a_slow_consumer(tmp_path):
         assert n == 7500
         assert peak[0] - base < 400
     os.remove(path)
+
+
+# ------------------------------------------------------------------- end to end
+
+
+def face_frame_maker():
+    """A head photo drifting right over a still background (no cuts), upright in display space."""
+    import cv2
+    from harvest.samples import load_identities
+    photo = np.ascontiguousarray(load_identities()[0][0][:, :, ::-1])  # BGR -> RGB
+    head = cv2.resize(photo, (110, 150), interpolation=cv2.INTER_AREA)
+    hh, hw = head.shape[:2]
+
+    def frame(i, w, h):
+        img = np.empty((h, w, 3), np.uint8)
+        img[...] = np.linspace(40, 200, w).astype(np.uint8)[None, :, None]
+        img[..., 2] = 90 + i % 5
+        x, y = (w - hw) // 4 + i, (h - hh) // 2
+        img[y:y + hh, x:x + hw] = head
+        return img
+    return frame
+
+
+def audio_only(path):
+    with av.open(str(path), "w", format="matroska") as c:
+        s = c.add_stream("flac", rate=8000)
+        s.layout = "mono"
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 4096), np.int16), format="s16", layout="mono")
+        f.sample_rate, f.pts = 8000, 0
+        for p in [*s.encode(f), *s.encode()]:
+            c.mux(p)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def format_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("formats")
+    face = face_frame_maker()
+    size = (320, 240)
+    good = {
+        "h264.mp4": dict(),
+        "hevc10.mkv": dict(codec="libx265", pix_fmt="yuv420p10le", options={"x265-params": "log-level=none"}),
+        "vp9.webm": dict(codec="libvpx-vp9"),
+        "av1.mkv": dict(codec="libsvtav1", options={"svtav1-params": "log-level=0"}),
+        "vfr.mkv": dict(pts_ms=[0, 40, 80, 200, 240, 400, 410, 420] + [440 + 40 * k for k in range(32)]),
+        "rot90.mp4": dict(rotation=90),
+        "anamorphic.mp4": dict(sar=Fraction(4, 3)),
+        "interlaced.mp4": dict(options={"flags": "+ilme+ildct", "x264-params": "interlaced=1"}),
+        "one_frame.mp4": dict(n=1),
+        "uhd.mp4": dict(n=3, size=(3840, 2160), options={"preset": "ultrafast"}),
+    }
+    made = {}
+    for name, kw in good.items():
+        if kw.get("codec", "libx264") in ("libsvtav1",) and not has_encoder(kw["codec"]):
+            continue
+        kw = {"n": 40, "size": size, "frame": face, **kw}
+        made[name] = write_video(d / name, **kw)
+    src = write_video(d.parent / "mid_gop_src.mp4", n=48, size=size, frame=face, options={"g": "12", "bf": "2"})
+    made["mid_gop.mp4"] = remux_packets(src, d / "mid_gop.mp4", drop=1)
+    audio_only(d / "audio_only.mkv")
+    data = open(write_video(d.parent / "h264.mkv", n=4, size=size, frame=face), "rb").read()
+    (d / "unknown_codec.mkv").write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ"))
+    remux_packets(src, d / "garbage.mp4", corrupt=48)
+    failed = {"audio_only.mkv": "no video stream", "unknown_codec.mkv": "unsupported video codec",
+              "garbage.mp4": "zero frames decodable"}
+    return d, made, failed
+
+
+def test_harvest_run_over_formats(format_dir, tmp_path, ray_cluster):
+    import pyarrow.parquet as pq
+    from harvest.cli import EXIT_TITLES_FAILED, main
+    from harvest.schema import read_metadata, shard_schema
+    has_timestamps = "timestamps" in shard_schema(8).names  # the per-face timestamps column
+    d, made, failed = format_dir
+    out = tmp_path / "out"
+    code = main(["run", "--input", str(d), "--output", str(out), "--models", need(FACE_PACK),
+                 "--no-progress", "--workers", "2"])
+    assert code == EXIT_TITLES_FAILED  # a normal exit: the bad titles are failed records
+    recs = {}
+    for name in os.listdir(out / "manifest"):
+        rec = json.loads((out / "manifest" / name).read_text())
+        recs[rec["source"].rsplit("/", 1)[-1]] = rec
+    assert set(recs) == set(made) | set(failed)
+    timed = 0
+    for name, why in failed.items():
+        assert recs[name]["status"] == "failed" and why in recs[name]["error"], recs[name]
+        assert "Traceback" not in recs[name]["error"]
+    for name, path in made.items():
+        rec = recs[name]
+        assert rec["status"] == "done", (name, rec["error"])
+        ref_frames, ref_times = pyav_decode(path)
+        assert rec["frames"] == len(ref_frames), name
+        shard = pq.read_table(os.path.join(out, rec["shard_path"]) if not os.path.isabs(rec["shard_path"])
+                              else rec["shard_path"])
+        meta = read_metadata(shard.schema)
+        with ChunkedVideoReader(path) as r:
+            info = r.info
+        assert (meta["width"], meta["height"], meta["rotation"], meta["sample_aspect_ratio"]) == \
+            (info.width, info.height, info.rotation, info.sample_aspect_ratio)
+        for row in shard.to_pylist():
+            idx = np.array(row["frame_idx"])
+            assert ((0 <= idx) & (idx < rec["frames"])).all(), name
+            if has_timestamps:
+                np.testing.assert_allclose(row["timestamps"], ref_times[idx], atol=1e-6, err_msg=name)
+                timed += len(idx)
+        if name not in ("one_frame.mp4", "uhd.mp4"):
+            assert rec["faces"] > 0, f"{name}: no face found"
+    assert recs["rot90.mp4"]["faces"] >= recs["h264.mp4"]["faces"] * 0.8  # upright, as detectable
+    assert timed > 0 or not has_timestamps
