@@ -91,6 +91,8 @@ def progress_line(positions: list[dict], show: int = 3) -> str:
     parts = []
     for p in sorted(positions, key=lambda p: p["title_id"])[:show]:
         pct = f" {100 * p['frames'] / p['total']:.0f}%" if p.get("total") else ""
+        if p.get("total") and p["frames"] >= p["total"]:
+            pct += " (decoded; finishing)"      # the last detections, tracking, mining, write
         parts.append(f"{p['title_id'][:20]} {p['frames']}/{p.get('total') or '?'}{pct} "
                      f"{p.get('fps', 0.0):.1f} f/s")
     if len(positions) > show:
@@ -131,6 +133,7 @@ def cmd_run(args) -> int:
     records = harvest_sources(plan, args.output, config, options, on_record=on_record,
                               on_progress=on_progress)
     if bar is not None:
+        bar.set_postfix_str("")
         bar.close()
     all_records = storage.read_records(fs, root)
     storage.write_manifest(fs, root, all_records.values())
