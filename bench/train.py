@@ -1,85 +1,147 @@
-"""Benchmark: epoch time per head on a synthetic shard set (default 169,201 tracks, D=512, the
-Multi-Face corpus size) and clustering time for 1K and 10K tracks per method.
+"""Benchmark: streaming Ray Train epochs on synthetic shard sets of growing size, with the peak RSS
+of the shard writer, the driver and the Train workers (which must not grow with the corpus),
+and clustering time for 1K and 10K tracks per method.
 
-    python bench/train.py [--tracks 169201] [--dim 512] [--gpu] [--workdir DIR]
+    python bench/train.py [--tracks 169400 1000000] [--heads bcl imptriplet mvcorr]
+                          [--large-heads bcl mvcorr] [--workers 2] [--dim 512] [--workdir DIR]
 
-Epochs run in-process with the training loop's ``run_epoch`` (one worker, no Ray Train) so the
-figure is the compute of one epoch at the paper's batch sizes. Prints figures; asserts nothing.
+Each shard set is written by a child process, and each training run (one epoch after the
+initial validation pass, ``--workers`` Ray Train workers on a fresh local Ray) is driven by
+another child, so every peak RSS is that of one process: the writer's and the driver's from
+``wait4``, the workers' (max over ranks) from the run's metrics. Shard sets are deleted at the
+end unless ``--keep``. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from training import cluster, registry  # noqa: E402
-from training.data import build_samples, make_batches, read_tracks  # noqa: E402
-from training.synthetic import SyntheticSpec, write_dataset  # noqa: E402
-from training.train import Objective, make_optimizer, run_epoch  # noqa: E402
+TRACKS_PER_TITLE = 1400
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--tracks", type=int, default=169_201)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--tracks-per-title", type=int, default=1400)
-    p.add_argument("--heads", nargs="+", default=sorted(registry.HEADS))
-    p.add_argument("--cluster-sizes", nargs="+", type=int, default=[1000, 10000])
-    p.add_argument("--methods", nargs="+", default=list(cluster.METHODS))
-    p.add_argument("--gpu", action="store_true")
-    p.add_argument("--workdir")
-    args = p.parse_args(argv)
-    device = torch.device("cuda" if args.gpu else "cpu")
-    work = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
-    n_titles = -(-args.tracks // args.tracks_per_title)
-    spec = SyntheticSpec(dim=args.dim, n_identities=30, tracks_per_title=args.tracks_per_title,
+def _child(args: list[str]) -> tuple[str, float]:
+    """Run this script with ``args`` -> (stdout, peak RSS of that process in MiB)."""
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{args[0]} failed (exit {proc.returncode}):\n{out[-3000:]}")
+    return out, usage.ru_maxrss / 1024
+
+
+def write_main(out: str, tracks: int, dim: int) -> None:
+    from training.synthetic import SyntheticSpec, write_dataset
+    n_titles = -(-tracks // TRACKS_PER_TITLE)
+    spec = SyntheticSpec(dim=dim, n_identities=30, tracks_per_title=TRACKS_PER_TITLE,
                          faces_per_track=(3, 3))
-    t0 = time.perf_counter()
-    paths = write_dataset(work, n_titles, spec)
-    print(f"wrote {n_titles} shards ({n_titles * args.tracks_per_title} tracks, D={args.dim}) "
-          f"in {time.perf_counter() - t0:.1f}s -> {paths['shards']}", flush=True)
-    t0 = time.perf_counter()
-    table = read_tracks(paths["shards"], engine="arrow")
-    print(f"read {table.num_rows} tracks in {time.perf_counter() - t0:.1f}s", flush=True)
-    print(f"torch threads {torch.get_num_threads()}, device {device}")
-    for head in args.heads:
-        hs = registry.get(head)
-        hp = hs.hparams()
-        t0 = time.perf_counter()
-        samples = build_samples(table, hs.samples)
-        t_build = time.perf_counter() - t0
-        obj = Objective(head, args.dim).to(device)
-        opt = make_optimizer(obj, hp)
-        batches = make_batches(samples, hp["batch_size"], np.random.default_rng(0))
-        t0 = time.perf_counter()
-        (total, count), _ = run_epoch(obj, samples, batches, device, opt, hp)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t_epoch = time.perf_counter() - t0
-        print(f"epoch {head:10s}: {t_epoch:8.1f}s  ({len(samples)} samples, {len(batches)} "
-              f"batches of ~{hp['batch_size']}, loss {total / count:.4f}; samples built in "
-              f"{t_build:.1f}s)", flush=True)
+    write_dataset(out, n_titles, spec, labels=False)
+
+
+def run_main(head: str, shards: str, out: str, workers: int, gpu: bool) -> None:
+    import ray
+
+    from training.data import shard_info
+    from training.train import fit
+    ray.init(address="local", num_cpus=max(workers, 2), include_dashboard=False,
+             log_to_driver=False)
+    titles = sorted(i["title_id"] for i in shard_info(shards))
+    result = fit(head, shards, out, workers=workers, gpu=gpu, val_titles=titles[:1], epochs=1)
+    print("RESULT " + json.dumps(result.metrics))
+    ray.shutdown()
+
+
+def bench(args) -> None:
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_train_", dir="/tmp")
+    print(f"D={args.dim}, {TRACKS_PER_TITLE} tracks per title, 3 faces per track, "
+          f"{args.workers} Train workers, {os.cpu_count()} CPUs (shared: times are noisy)", flush=True)
+    rows = []
+    try:
+        for tracks in args.tracks:
+            heads = args.heads if tracks <= min(args.tracks) else args.large_heads
+            root = os.path.join(work, f"set_{tracks}")
+            t0 = time.perf_counter()
+            _, writer_rss = _child(["write", root, str(tracks), str(args.dim)])
+            shards = os.path.join(root, "shards")
+            size = sum(e.stat().st_size for e in os.scandir(shards)) / 2 ** 30
+            print(f"wrote {tracks} tracks ({len(os.listdir(shards))} shards, {size:.2f} GiB) in "
+                  f"{time.perf_counter() - t0:.1f}s, writer peak RSS {writer_rss:.0f} MiB", flush=True)
+            for head in heads:
+                t0 = time.perf_counter()
+                out, driver_rss = _child(["run", head, shards, os.path.join(root, "runs"),
+                                          str(args.workers)] + (["--gpu"] if args.gpu else []))
+                m = json.loads(next(line for line in out.splitlines()
+                                    if line.startswith("RESULT "))[7:])
+                rows.append((tracks, head, m["seconds"], m["train_samples"], driver_rss,
+                             m["worker_peak_rss_mb"], time.perf_counter() - t0))
+                print(f"{tracks:>9} tracks {head:10s}: epoch {m['seconds']:7.1f}s "
+                      f"({m['train_samples']} samples, {m['train_samples'] / m['seconds']:.0f}/s), "
+                      f"val {m['val_seconds']:.1f}s, peak RSS driver {driver_rss:.0f} MiB, "
+                      f"worker {m['worker_peak_rss_mb']:.0f} MiB; run {rows[-1][-1]:.0f}s",
+                      flush=True)
+            if not args.keep:
+                shutil.rmtree(root)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n| tracks | head | epoch s | samples/s | driver peak RSS MiB | worker peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    for tracks, head, sec, n, drss, wrss, _ in rows:
+        print(f"| {tracks:,} | {head} | {sec:.1f} | {n / sec:,.0f} | {drss:.0f} | {wrss:.0f} |")
+
+
+def bench_cluster(sizes, methods, dim) -> None:
+    import numpy as np
+
+    from training import cluster
     rng = np.random.default_rng(0)
-    for n in args.cluster_sizes:
-        centres = rng.standard_normal((max(n // 20, 2), args.dim))
-        emb = centres[rng.integers(len(centres), size=n)] + 0.5 * rng.standard_normal((n, args.dim))
-        k = len(centres)
-        for method in args.methods:
+    for n in sizes:
+        centres = rng.standard_normal((max(n // 20, 2), dim))
+        emb = centres[rng.integers(len(centres), size=n)] + 0.5 * rng.standard_normal((n, dim))
+        for method in methods:
             t0 = time.perf_counter()
             if method == "hac-k":
-                cluster.hac_k(emb, k, "average")
+                cluster.hac_k(emb, len(centres), "average")
             elif method == "hac-threshold":
                 cluster.hac_threshold(emb, 0.820420, "complete")
             else:
                 cluster.affinity_propagation(emb)
             print(f"cluster {method:13s} N={n:6d}: {time.perf_counter() - t0:8.2f}s", flush=True)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "write":
+        return write_main(argv[1], int(argv[2]), int(argv[3]))
+    if argv and argv[0] == "run":
+        return run_main(argv[1], argv[2], argv[3], int(argv[4]), "--gpu" in argv)
+    from training import cluster, registry   # imported here: the children's RSS stays their own
+    p = argparse.ArgumentParser()
+    p.add_argument("--tracks", nargs="+", type=int, default=[169_400, 1_000_000])
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--heads", nargs="+", default=sorted(registry.HEADS),
+                   help="heads at the smallest size")
+    p.add_argument("--large-heads", nargs="+", default=["bcl", "mvcorr"],
+                   help="heads at the larger sizes")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--cluster-sizes", nargs="*", type=int, default=[1000, 10000])
+    p.add_argument("--methods", nargs="+", default=list(cluster.METHODS))
+    p.add_argument("--workdir", help="where shard sets go (default: a new dir under /tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the shard sets")
+    args = p.parse_args(argv)
+    bench(args)
+    bench_cluster(args.cluster_sizes, args.methods, args.dim)
 
 
 if __name__ == "__main__":

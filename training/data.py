@@ -247,8 +247,8 @@ def concat_samples(parts: list[Samples]) -> Samples:
 def stream_batches(tables: Iterable[pa.Table], kind: str, batch_size: int,
                    rng: np.random.Generator, identities: dict | None = None
                    ) -> Iterator[tuple[Samples, np.ndarray]]:
-    """Title groups -> (samples, batch indices) of about ``batch_size`` (a short tail is merged
-    into the last batch; one short batch when there are fewer samples than that).
+    """Title groups -> (samples, batch indices) of ``batch_size`` (the last few batches of an
+    epoch share the rest evenly: each at least half a batch unless there is less in all).
 
     Weak-label cluster samples keep their title's first-frame order and are cut into
     contiguous batches, so co-occurring (cannot-link) tracks share a batch; other kinds are
@@ -273,10 +273,10 @@ def stream_batches(tables: Iterable[pa.Table], kind: str, batch_size: int,
                 yield pool, order[b * batch_size:(b + 1) * batch_size]
             rest = order[k * batch_size:]
             parts, n = [take(pool, np.sort(rest) if weak else rest)], len(rest)
-    if n:
+    if n:              # the rest in the fewest batches of at most batch_size
         pool = concat_samples(parts)
         order = np.arange(n) if weak else rng.permutation(n)
-        for idx in np.array_split(order, max(n // batch_size, 1)):
+        for idx in np.array_split(order, -(-n // batch_size)):
             yield pool, idx
 
 

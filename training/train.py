@@ -4,8 +4,9 @@ The driver only lists the shards and reads their footers (title, D, track count)
 titles train/validation and hands the title lists to the workers; it never reads the corpus.
 Every epoch each worker takes its share of the training titles (``data.deal_titles``: reshuffled
 per epoch from the seed, balanced by track count), streams them one title group at a time
-(``data.iter_titles`` -> ``data.stream_batches``) and steps DDP (``prepare_model``) until any
-rank runs out of batches (one all-reduce per step keeps the step counts equal). Validation:
+(``data.iter_titles`` -> ``data.stream_batches``) and steps DDP (``prepare_model``); a rank
+that runs out of batches first starts over until every rank has done its share once (equal
+step counts, nothing dropped). Validation:
 each rank a fixed share of the validation titles, losses summed over ranks. Rank 0 prints one
 line per epoch and reports the checkpoint; every run (same ``RunConfig`` name and storage
 path) resumes from ``ray.train.get_checkpoint()`` -- after a restart, too: with
@@ -91,23 +92,32 @@ def _allreduce_mean(total: float, count: int, device) -> float:
     return total / max(count, 1.0)
 
 
+def until_every_rank_is_done(make_batches, device):
+    """Batches of ``make_batches()``; a rank that runs out starts over until every rank has
+    finished its own once, so all ranks make the same number of DDP steps and no rank's data
+    is dropped (one all-reduce per step)."""
+    done, batches = False, make_batches()
+    while True:
+        item = next(batches, None)
+        if item is None:
+            done, batches = True, make_batches()
+            item = next(batches, None)
+        if _allreduce([float(done)], device, "min")[0] == 1.0:
+            return
+        if item is None:
+            raise ValueError("a worker's titles hold no usable training sample")
+        yield item
+
+
 def run_epoch(objective, batches, device, optimizer=None, hp=None, epoch=0, step=0,
-              sync: bool = False, after_step=None):
+              after_step=None):
     """One pass over ``batches`` ((samples, indices) pairs): trains when ``optimizer`` is given,
-    else evaluates. ``sync``: stop as soon as any rank has no batch left (DDP needs equal step
-    counts). Returns ((loss sum, sample count) on this rank, new global step)."""
+    else evaluates. Returns ((loss sum, sample count) on this rank, new global step)."""
     obj = _unwrap(objective)
     objective.train(optimizer is not None)
     total, count = 0.0, 0
     freeze = optimizer is not None and epoch < hp["radius_freeze_epochs"]
-    batches = iter(batches)
-    while True:
-        item = next(batches, None)
-        if sync and _allreduce([float(item is not None)], device, "min")[0] == 0.0:
-            break
-        if item is None:
-            break
-        samples, idx = item
+    for samples, idx in batches:
         batch = collate(samples, idx, device)
         if optimizer is None:
             with torch.no_grad():
@@ -210,9 +220,9 @@ def train_loop(config: dict) -> None:
         t0 = time.perf_counter()
         rng = np.random.default_rng(hp["seed"] * 100003 + epoch)
         share = deal_titles(config["train"], world, rng)[rank]
-        (total, count), state["step"] = run_epoch(objective, batches(share, rng), device, optimizer,
-                                                  hp, epoch, state["step"], sync=True,
-                                                  after_step=after_step)
+        train_batches = until_every_rank_is_done(lambda: batches(share, rng), device)
+        (total, count), state["step"] = run_epoch(objective, train_batches, device, optimizer, hp,
+                                                  epoch, state["step"], after_step=after_step)
         total, count = _allreduce([total, float(count)], device)
         train_loss = total / max(count, 1.0)
         t_train = time.perf_counter() - t0
