@@ -26,10 +26,11 @@ def test_finch_vectors():
     assert r.counts == [4, 2]
     r = finch(Z, "euclidean", ensure_early_exit=True)
     assert cols(r) == [[0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]] and r.counts == [6]
-    r = finch(Z, "euclidean", ensure_early_exit=False)                   # 1-cluster round dropped
+    r = finch(Z, "euclidean", ensure_early_exit=False)      # the 1-cluster round is dropped
     assert r.counts == [6, 3] and cols(r)[1] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
     for weighted in (True, False):
-        assert cols(finch(X, "euclidean", True, weighted=weighted)) == [[0, 0, 1, 1, 1, 2, 2, 3, 3, 3]]
+        r = finch(X, "euclidean", True, weighted=weighted)
+        assert cols(r) == [[0, 0, 1, 1, 1, 2, 2, 3, 3, 3]]
 
 
 def test_finch_cap_plain_and_reference_weighted():
@@ -42,7 +43,7 @@ def test_finch_cap_plain_and_reference_weighted():
 
 def test_finch_req_clust():
     r = finch(X, "euclidean", ensure_early_exit=False, req_clust=3)
-    assert list(r.req) == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]                  # 6.2-7.5 merged (1.3 < 1.35)
+    assert list(r.req) == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]      # 6.2-7.5 merged (1.3 < 1.35)
     assert list(finch(X, "euclidean", True, req_clust=4).req) == cols(r)[0]
     assert len(set(finch(Z, "euclidean", True, req_clust=2).req)) == 2
     with pytest.raises(ValueError):

@@ -76,10 +76,10 @@ def _cut_violations(x, u, count, kappa, cap, metric, cannot_pairs, cannot, weigh
         d = pairwise(x[idx], x[idx], metric)
         d[cannot[idx][:, idx].toarray()] = BIG
         k = kappa[idx]
-        edge = (idx[None, :] == k[:, None]) | (idx[:, None] == k[None, :]) | (k[:, None] == k[None, :])
+        to_k, from_k = idx[None, :] == k[:, None], idx[:, None] == k[None, :]
+        edge = to_k | from_k | (k[:, None] == k[None, :])
         np.fill_diagonal(edge, False)
-        w = np.where((idx[None, :] == k[:, None]) & (idx[:, None] == k[None, :]), 2.0, 1.0) \
-            if weighted else 1.0
+        w = np.where(to_k & from_k, 2.0, 1.0) if weighted else 1.0
         edge &= w * d <= cap
         a, b = np.nonzero(np.triu(edge))
         top = 1.01 * d[a, b].max()

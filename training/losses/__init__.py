@@ -8,6 +8,6 @@ from training.losses.mvcorr import MvCorrLoss, mcca_covariances
 from training.losses.siamese_miners import (Pairs, draw, ssiam_neighbours, ssiam_pairs,
                                            tsiam_negative_tracks, tsiam_pairs)
 
-__all__ = ["BaseLoss", "BallClusterLoss", "ContrastiveLoss", "ImpTripletLoss", "MvCorrLoss", "Pairs",
-           "batch_hard_triplet", "cheng_triplet", "draw", "mcca_covariances", "ssiam_neighbours",
-           "ssiam_pairs", "tsiam_negative_tracks", "tsiam_pairs"]
+__all__ = ["BaseLoss", "BallClusterLoss", "ContrastiveLoss", "ImpTripletLoss", "MvCorrLoss",
+           "Pairs", "batch_hard_triplet", "cheng_triplet", "draw", "mcca_covariances",
+           "ssiam_neighbours", "ssiam_pairs", "tsiam_negative_tracks", "tsiam_pairs"]

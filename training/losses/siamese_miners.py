@@ -104,7 +104,8 @@ def tsiam_negative_tracks(means: np.ndarray, cannot_link: Sequence[Sequence[int]
             far = np.argpartition(-d2, k - 1, axis=1)[:, :k]
             rows.append(np.repeat(idx, k))
             cols.append(far.ravel())
-    r, c = np.concatenate(rows + [np.zeros(0, np.int64)]), np.concatenate(cols + [np.zeros(0, np.int64)])
+    empty = [np.zeros(0, np.int64)]
+    r, c = np.concatenate(rows + empty), np.concatenate(cols + empty)
     rel = sp.csr_matrix((np.ones(len(r), bool), (r, c)), shape=(t, t))
     return (rel + rel.T).astype(bool).tocsr()
 
