@@ -32,7 +32,8 @@ def ray_cluster():
     """One local Ray instance (2 CPUs, as on CI) shared by every test that needs Ray."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # address="local": always a fresh in-process cluster, never one that happens to run here
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)
     yield ray
     ray.shutdown()
