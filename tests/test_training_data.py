@@ -114,3 +114,21 @@ def test_cluster_batches_keep_cannot_link_and_mask_matches(dataset):
             n_pairs += len(want)
         assert (np.diff(frames) >= 0).sum() >= len(idx) - 2     # time order (title change: a drop)
     assert n_pairs > 0.8 * n_links       # contiguous-in-time batches keep most partners
+
+
+def test_supervised_cluster_batches_carry_global_identity_ids(dataset):
+    import csv
+    with open(dataset["track_labels"]) as f:
+        rows = list(csv.DictReader(f))
+    names = sorted({r["identity"] for r in rows})
+    ids = {(r["title"], int(r["track_id"])): names.index(r["identity"]) for r in rows[::2]}
+    seen = {}
+    for pool, idx in stream_batches(iter_titles(list_shards(dataset["shards"])), "clusters", 30,
+                                    np.random.default_rng(0), identities=ids):
+        batch = collate(pool, idx)
+        assert "allowed" not in batch                       # supervised: every centroid counts
+        for i, label in zip(idx, batch["labels"].tolist()):
+            seen[int(pool.arrays["track_id"][i])] = label
+    # only labelled tracks, each with its identity's id (track ids differ between these titles)
+    want = {tid: label for (_, tid), label in ids.items() if tid in seen}
+    assert seen == want and len(seen) > 0.4 * len(ids)

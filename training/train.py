@@ -6,13 +6,12 @@ Every epoch each worker takes its share of the training titles (``data.deal_titl
 per epoch from the seed, balanced by track count), streams them one title group at a time
 (``data.iter_titles`` -> ``data.stream_batches``) and steps DDP (``prepare_model``); a rank
 that runs out of batches first starts over until every rank has done its share once (equal
-step counts, nothing dropped). Validation:
-each rank a fixed share of the validation titles, losses summed over ranks. Rank 0 prints one
-line per epoch and reports the checkpoint; every run (same ``RunConfig`` name and storage
-path) resumes from ``ray.train.get_checkpoint()`` -- after a restart, too: with
-``max_failures`` a dead worker restarts the group from the last epoch's checkpoint and the epoch
-replays with the same title order. Early stopping: validation loss must fall by ``min_delta``
-within ``patience`` epochs.
+step counts, nothing dropped). Validation: each rank a fixed share of the validation titles,
+losses summed over ranks. Rank 0 logs one line per epoch and reports the checkpoint; every run
+(same ``RunConfig`` name and storage path) resumes from ``ray.train.get_checkpoint()``, and so
+does a restart: with ``max_failures`` a dead worker restarts the group from the last epoch's
+checkpoint and that epoch replays with the same title order. Early stopping: validation loss
+must fall by ``min_delta`` within ``patience`` epochs.
 
 Fault injection (tests): ``fault=dict(epoch=E, marker=PATH)`` (or ``$TRAIN_FAULT_EXIT=E:PATH``)
 makes rank 1 ``os._exit(1)`` after its first step of epoch E, once (the marker file records it).
