@@ -12,7 +12,6 @@ import time
 import tracemalloc
 
 import numpy as np
-import pytest
 
 from harvest.miners import mine_tracklets
 from harvest.miners.base import l2_normalize

@@ -150,12 +150,13 @@ def synthetic_faces(seed, frames=400, dim=8):
             rows.append((f, shot_of(f), box, l2_normalize(who + 0.2 * rng.normal(size=dim))))
     f = np.array([r[0] for r in rows])
     n = len(rows)
-    return [0] + cuts.tolist(), dict(frame_idx=f, shot=np.array([r[1] for r in rows], np.int32), pts=f / 25.0,
-                boxes=np.array([r[2] for r in rows], np.float32),
-                kps=rng.uniform(0, 100, (n, 5, 2)).astype(np.float32),
-                scores=rng.uniform(0.5, 1, n).astype(np.float32),
-                blur=rng.uniform(10, 300, n).astype(np.float32),
-                emb=np.stack([r[3] for r in rows]).astype(np.float32))
+    return [0] + cuts.tolist(), dict(
+        frame_idx=f, shot=np.array([r[1] for r in rows], np.int32), pts=f / 25.0,
+        boxes=np.array([r[2] for r in rows], np.float32),
+        kps=rng.uniform(0, 100, (n, 5, 2)).astype(np.float32),
+        scores=rng.uniform(0.5, 1, n).astype(np.float32),
+        blur=rng.uniform(10, 300, n).astype(np.float32),
+        emb=np.stack([r[3] for r in rows]).astype(np.float32))
 
 
 def test_linker_fed_frame_by_frame_closes_tracks_early_and_reports_co_occurrence():
@@ -257,3 +258,22 @@ def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
         zero_copy_only=False)), ref["means"])
     assert sum(map(len, ref["links"])) > 0 and ref["reasons"].count(None) > 3
     assert validate_table(table) == []
+
+
+def test_streamed_shard_bytes_are_deterministic(tmp_path):
+    from harvest.config import HarvestConfig
+    from harvest.pipeline import FaceBatch, TitleTracker
+    bounds, faces = synthetic_faces(5, frames=150)
+    meta = dict(title_id="t", source_uri="x", fps=25.0, width=640, height=360, frame_count=150,
+                backend="b", detector_file="", detector_sha256="", embedder_file="",
+                embedder_sha256="", config_hash="c", shot_boundaries=bounds)
+    data = []
+    for batch_frames in (3, 11):                     # different batching, same bytes
+        tracker = TitleTracker(HarvestConfig(), 25.0, 8, str(tmp_path))
+        f = faces["frame_idx"]
+        starts = list(np.flatnonzero(np.r_[True, np.diff(f) != 0])[::batch_frames]) + [len(f)]
+        for a, b in zip(starts[:-1], starts[1:]):
+            tracker.add(FaceBatch(**{k: v[a:b] for k, v in faces.items()}))
+        with tracker.finish() as tracks:
+            data.append(open(tracks.write_shard("t", meta), "rb").read())
+    assert data[0] == data[1]
