@@ -277,3 +277,35 @@ def test_streamed_shard_bytes_are_deterministic(tmp_path):
         with tracker.finish() as tracks:
             data.append(open(tracks.write_shard("t", meta), "rb").read())
     assert data[0] == data[1]
+
+
+def test_harvest_title_leaves_no_scratch_files(tmp_path):
+    """A title's spill lives under RunOptions.scratch_dir until its tracks are closed, and is
+    removed when the title fails mid-way."""
+    from conftest import write_no_face_video
+    from harvest.config import HarvestConfig, RunOptions
+    from harvest.decode import DecodeError
+    from harvest.faces.registry import load_backend
+    from harvest.pipeline import harvest_title
+    config = HarvestConfig(backend="dlib")
+    backend = load_backend(config)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    video = write_no_face_video(str(tmp_path / "v.mp4"), frames=12)
+    result = harvest_title(video, backend, config, RunOptions(scratch_dir=str(scratch)))
+    assert len(result.tracks) == 0 and len(list(scratch.iterdir())) == 1
+    with result.tracks:
+        pass
+    assert not list(scratch.iterdir())
+    calls, detect = [], backend.detect
+
+    def failing_detect(frames):                     # fault injection: fails on the 3rd batch
+        calls.append(len(frames))
+        if len(calls) == 3:
+            raise DecodeError("injected")
+        return detect(frames)
+    backend.detect = failing_detect
+    with pytest.raises(DecodeError, match="injected"):
+        harvest_title(video, backend, config,
+                      RunOptions(scratch_dir=str(scratch), chunk_frames=4))
+    assert len(calls) == 3 and not list(scratch.iterdir())
