@@ -40,7 +40,7 @@ def cluster():
     ray.shutdown()
     c.shutdown()
     if was_up:   # give later tests the session Ray conftest made
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 @pytest.fixture(scope="module")
