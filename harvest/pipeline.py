@@ -43,11 +43,13 @@ class ShotChunk:
 
 @dataclass(frozen=True)
 class DetectedFrame:
+    """One frame's faces, already aligned: no reference to the decoded frame is kept (a view
+    would pin its whole chunk while faces wait for an embedding batch)."""
     frame_idx: int
     shot: int
     pts: float
-    frame: np.ndarray          # (H, W, 3) uint8 RGB
     dets: Detections
+    crops: np.ndarray          # (n, S, S, 3) uint8 aligned faces
 
 
 @dataclass(frozen=True)
@@ -143,30 +145,29 @@ def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: f
                     dets = dets.keep(face_size(dets.boxes) >= min_face_size)
                     if len(dets):
                         yield DetectedFrame(chunk.start + i, int(chunk.shot[i]),
-                                            float(chunk.pts[i]), frame, dets)
+                                            float(chunk.pts[i]), dets, backend.align(frame, dets))
     return stage
 
 
 def embed_stage(backend: FaceBackend, batch: int):
     def flush(pending: list) -> FaceBatch:
-        crops = np.concatenate([c for _, c in pending])
+        crops = np.concatenate([d.crops for d in pending])
         emb = backend.embed(crops)
         per_face = lambda value: np.concatenate(  # noqa: E731
-            [np.full(len(d.dets), getattr(d, value)) for d, _ in pending])
+            [np.full(len(d.dets), getattr(d, value)) for d in pending])
         return FaceBatch(
             per_face("frame_idx").astype(np.int64), per_face("shot").astype(np.int32),
             per_face("pts").astype(np.float64),
-            np.concatenate([d.dets.boxes for d, _ in pending]),
-            np.concatenate([d.dets.kps for d, _ in pending]),
-            np.concatenate([d.dets.scores for d, _ in pending]),
+            np.concatenate([d.dets.boxes for d in pending]),
+            np.concatenate([d.dets.kps for d in pending]),
+            np.concatenate([d.dets.scores for d in pending]),
             blur_score(crops), emb)
 
     def stage(detected: Iterator) -> Iterator:
         pending, n = [], 0
         for d in detected:
-            crops = backend.align(d.frame, d.dets)
-            pending.append((d, crops))
-            n += len(crops)
+            pending.append(d)
+            n += len(d.crops)
             if n >= batch:
                 yield flush(pending)
                 pending, n = [], 0
