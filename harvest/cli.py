@@ -1,4 +1,4 @@
-"""`harvest run | inspect | validate | sample` — the command data teams run.
+"""`harvest run | inspect | validate | sample | card` — the command data teams run.
 
 Exit codes of `harvest run`: 0 every title done; 1 some titles failed (see the manifest; the
 others are done); 2 bad usage or an unreadable --input (nothing harvested).
@@ -65,6 +65,12 @@ def parse(argv=None) -> argparse.Namespace:
     sample = sub.add_parser("sample", help="write labelled sample clips made from package-shipped photos")
     sample.add_argument("out_dir")
     sample.add_argument("--titles", type=int, default=2)
+    card = sub.add_parser("card", help="write a Hugging Face dataset card (README.md) for an output")
+    card.add_argument("url")
+    card.add_argument("--out", default=None, help="card path or URL (default: URL/README.md)")
+    card.add_argument("--license", default="other", help="Hub licence id of the dataset")
+    card.add_argument("--pretty-name", default=None)
+    card.add_argument("--contact", default=None, help="who takes removal requests")
     return ap.parse_args(argv)
 
 
@@ -160,6 +166,10 @@ def main(argv=None) -> int:
         for path, _ in make_sample_set(args.out_dir, n_titles=args.titles):
             print(path)
         return EXIT_OK
+    if args.command == "card":
+        from harvest.card import card_main
+        return card_main(args.url, args.out, license=args.license, pretty_name=args.pretty_name,
+                         contact=args.contact)
     return EXIT_USAGE
 
 

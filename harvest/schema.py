@@ -74,6 +74,30 @@ def shard_schema(dim: int) -> pa.Schema:
     ])
 
 
+# One line per column for dataset cards (``harvest card``); the same names as ``shard_schema``.
+COLUMN_DESCRIPTIONS = {
+    "title_id": "title: readable file stem + 12 hex digits of sha256(canonical URI | size)",
+    "track_id": "track number, unique in the title (0..T-1 in order of first face)",
+    "shot_id": "shot that holds every face of the track",
+    "n_faces": "N, the number of faces (detections) in the track",
+    "frame_idx": "frame number of each face, strictly increasing, in [0, frames decoded)",
+    "timestamps": "presentation time of each face's frame, seconds",
+    "boxes": "x1, y1, x2, y2 of each face in display pixels",
+    "landmarks": "5 points per face (eyes, nose, mouth corners), x/y interleaved",
+    "det_score": "detector score of each face, in [0, 1]",
+    "face_size": "sqrt(box area) of each face, pixels",
+    "blur": "variance of the Laplacian of each aligned face crop (higher = sharper)",
+    "embeddings": "unit-norm face embedding of each face (D from the backend)",
+    "mean_embedding": "unit-norm mean of the track's embeddings",
+    "tracklets": "anchor, p1, p2 hard-positive tracklet means (unit norm); null when N < 3",
+    "tracklet_members": "positions (into the track's faces) of the faces of each tracklet",
+    "cannot_link": "track_ids of valid tracks of the title that share a frame with this one",
+    "hard_negative": "the cannot-linked track whose mean is nearest the anchor tracklet",
+    "track_quality": "median over faces of score x size factor x sharpness factor",
+    "is_valid": "false for short or low-quality tracks (kept, never mined)",
+    "invalid_reason": "short or low_quality when is_valid is false, else null",
+}
+
 # Columns that depend on the whole title (validity, constraints between tracks): a track's row
 # without them can be written as soon as the track closes; they are filled in at the end.
 TITLE_COLUMNS = ("title_id", "cannot_link", "hard_negative", "is_valid", "invalid_reason")

@@ -31,6 +31,13 @@ _FIVE_FROM_68 = (range(36, 42), range(42, 48), (30,), (48,), (54,))
 class DlibBackend(FaceBackend):
     name = "dlib"
     auto_priority = 90          # the embedded default: models ship with registry packages
+    # model file name (fnmatch pattern, first match wins) -> licence of its weights (dataset cards)
+    licences = {
+        "shape_predictor_68_face_landmarks.dat": "dlib 68-point predictor trained on iBUG 300-W, "
+                                                 "whose licence excludes commercial use",
+        "dlib_face_recognition_resnet_model_v1.dat": "CC0 (dlib-models)",
+        "*": "not recorded: see github.com/davisking/dlib-models",
+    }
 
     @classmethod
     def locate(cls, model_dir: str | None = None, cnn: bool = False) -> list[ModelFile]:

@@ -53,6 +53,17 @@ class InsightFaceBackend(FaceBackend):
     name = "insightface"
     auto_priority = 10          # preferred whenever a model pack is found
     needs_models = True
+    # model file name (fnmatch pattern, first match wins) -> licence of its weights (dataset cards)
+    licences = {
+        "scrfd_*.onnx": "InsightFace SCRFD weights: non-commercial research only (InsightFace's "
+                        "terms for its pretrained models)",
+        "det_*.onnx": "InsightFace buffalo_* detector: non-commercial research only",
+        "w600k_*.onnx": "InsightFace buffalo_* ArcFace recogniser: non-commercial research only",
+        "glintr100.onnx": "InsightFace antelopev2 ArcFace recogniser: non-commercial research only",
+        "mobilefacenet*.onnx": "MobileFaceNet from a public repository: its upstream licence; "
+                               "training data not documented",
+        "*": "not recorded: the licence of the pack's upstream source applies (check it)",
+    }
 
     @classmethod
     def locate(cls, model_dir: str | None) -> list[ModelFile]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from harvest.faces.align import similarity_transforms
 from harvest.faces.base import Detections, FaceBackend, ModelFile
-from harvest.faces.insightface_backend import find_model_pack
+from harvest.faces.insightface_backend import InsightFaceBackend, find_model_pack
 
 _STRIDE_MULTIPLE = 32
 _MAX_CANDIDATES = 4000      # per image, before NMS (highest scores kept)
@@ -38,6 +38,7 @@ class TorchFaceBackend(FaceBackend):
     name = "torch"
     auto_priority = 5           # first choice where a GPU is present (see ``usable``)
     needs_models = True
+    licences = InsightFaceBackend.licences      # the same ONNX files
 
     @classmethod
     def locate(cls, model_dir: str | None) -> list[ModelFile]:

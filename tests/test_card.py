@@ -1,0 +1,221 @@
+"""`harvest card`: a Hugging Face dataset card built from a real harvest (crowd.mp4, a sample
+clip and an empty file, SCRFD + MobileFaceNet, real Ray). The harvest is made once per session
+by ``harvest_output`` and shared with tests/test_ecosystem.py."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import CROWD, FACE_PACK, need
+
+from harvest import cli
+from harvest import schema as S
+
+_HARVEST: dict[str, str] = {}
+
+
+def harvest_output(tmp_path_factory) -> str:
+    """Output root of one real harvest per test session: crowd.mp4, a two-shot sample clip
+    (two faces together, then one) and a 0-byte ``broken.mp4`` (a failed title)."""
+    if "out" not in _HARVEST:
+        from harvest.samples import ShotSpec, make_clip
+        crowd, pack = need(CROWD), need(FACE_PACK)
+        root = tmp_path_factory.mktemp("card_harvest")
+        videos = root / "videos"
+        videos.mkdir()
+        shutil.copy(crowd, videos / "crowd.mp4")
+        make_clip(str(videos / "clip.mp4"), [ShotSpec((0, 1), 32, 1), ShotSpec((2,), 30, 2)])
+        (videos / "broken.mp4").write_bytes(b"")
+        out = str(root / "out")
+        rc = cli.main(["run", "--input", str(videos), "--output", out, "--models", pack,
+                       "--no-progress", "--workers", "1"])
+        assert rc == cli.EXIT_TITLES_FAILED          # broken.mp4 fails, the others are done
+        _HARVEST["out"] = out
+    return _HARVEST["out"]
+
+
+def manifest(out: str) -> dict[str, dict]:
+    with open(os.path.join(out, "manifest.jsonl")) as f:
+        return {r["title_id"]: r for r in map(json.loads, f)}
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, ray_cluster):
+    return harvest_output(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def card(out):
+    assert cli.main(["card", out]) == 0
+    with open(os.path.join(out, "README.md")) as f:
+        return f.read()
+
+
+def split_card(text: str) -> tuple[dict, str]:
+    m = re.match(r"---\n(.*?)\n---\n(.*)", text, re.S)
+    assert m, "the card must start with YAML front matter between --- lines"
+    return yaml.safe_load(m.group(1)), m.group(2)
+
+
+def section(body: str, title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", body, re.S | re.M)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Cells of the markdown table rows in ``text`` (header and separator dropped)."""
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            for line in text.splitlines() if line.startswith("|")]
+    return rows[2:]
+
+
+def test_front_matter_is_valid_hub_metadata(out, card):
+    meta, _ = split_card(card)
+    records = manifest(out)
+    n_tracks = sum(r["tracks"] for r in records.values() if r["status"] == "done")
+    assert meta["license"] == "other"
+    assert meta["task_categories"] == ["image-feature-extraction"]
+    assert meta["size_categories"] == ["n<1K"] and n_tracks < 1000
+    assert isinstance(meta["pretty_name"], str) and meta["pretty_name"]
+    assert "faces" in meta["tags"]
+    (config,) = meta["configs"]
+    assert config["config_name"] == "default"
+    (files,) = config["data_files"]
+    assert files["path"] == "shards/*.parquet"
+    shards = sorted(glob.glob(os.path.join(out, files["path"])))
+    assert [os.path.basename(p) for p in shards] == sorted(
+        f"{t}.parquet" for t, r in records.items() if r["status"] == "done")
+
+    hub = pytest.importorskip("huggingface_hub")
+    loaded = hub.DatasetCard.load(os.path.join(out, "README.md"))
+    assert loaded.data.to_dict() == meta
+    assert loaded.data.license == "other" and loaded.data.pretty_name == meta["pretty_name"]
+    datasets = pytest.importorskip("datasets")
+    from datasets.utils.metadata import MetadataConfigs
+    configs = MetadataConfigs.from_dataset_card_data(loaded.data)   # datasets' own parser
+    assert configs.get_default_config_name() == "default"
+    sizes = os.path.join(os.path.dirname(datasets.__file__), "utils", "resources",
+                         "size_categories.json")
+    with open(sizes) as f:
+        assert meta["size_categories"][0] in json.load(f)
+
+
+def test_numbers_equal_the_manifest(out, card):
+    _, body = split_card(card)
+    records = manifest(out)
+    done = [r for r in records.values() if r["status"] == "done"]
+    contents = {k: int(v) for k, v in table_rows(section(body, "Contents"))}
+    assert contents["titles"] == len(records) == 3
+    assert contents["titles done"] == len(done) == 2
+    assert contents["titles failed"] == 1
+    for k in S.COUNT_FIELDS:
+        assert contents[k.replace("_", " ")] == sum(r[k] for r in done), k
+    assert contents["cannot link pairs"] > 0 and contents["tracks"] > contents["valid tracks"]
+
+    rows = {r[0].strip("`"): r for r in table_rows(section(body, "Sources"))}
+    assert set(rows) == set(records)
+    for tid, r in records.items():
+        row = rows[tid]
+        assert row[1] == os.path.basename(r["source"]) and row[2] == r["status"]
+        assert [int(v) for v in row[3:8]] == [r[k] for k in S.COUNT_FIELDS]
+    assert "empty" in rows[next(t for t in records if t.startswith("broken"))][-1]
+
+
+def test_config_models_and_licences_come_from_the_shards(out, card):
+    from harvest.card import default_config_matches, model_licence
+    from harvest.faces.registry import BACKENDS
+    _, body = split_card(card)
+    metas = [S.read_metadata(pq.read_schema(p))
+             for p in sorted(glob.glob(os.path.join(out, "shards", "*.parquet")))]
+    assert len({m["config_hash"] for m in metas}) == 1
+    meta = metas[0]
+    config = dict(table_rows(section(body, "Harvest configuration"))[:10])
+    for k in ("config_hash", "backend", "detector_sha256", "embedder_sha256", "pipeline_version",
+              "det_stride", "min_track_seconds", "embedding_dim"):
+        assert config[k] == f"`{meta[k]}`", k
+    assert default_config_matches(meta)                # the run used the default settings
+    assert "checked by recomputing the hash" in body
+    assert not default_config_matches({**meta, "det_stride": 2})
+    assert not default_config_matches({**meta, "embedder_sha256": "0" * 64})
+
+    models = {r[2]: r for r in table_rows(section(body, "Model files and licences"))}
+    assert set(models) == {meta["detector_file"], meta["embedder_file"]}
+    for role in ("detector", "embedder"):
+        row = models[meta[f"{role}_file"]]
+        assert row[3] == f"`{meta[f'{role}_sha256']}`"
+        assert row[4] == model_licence(meta["backend"], meta[f"{role}_file"]) != "not recorded"
+    # every backend carries its licence table, with a catch-all entry
+    for cls in BACKENDS.values():
+        assert "*" in cls.licences, cls.name
+    assert "non-commercial" in model_licence("insightface", "w600k_r50.onnx")
+    assert "commercial" in model_licence("dlib", "shape_predictor_68_face_landmarks.dat")
+
+
+def test_schema_table_has_every_column_with_its_arrow_type(out, card):
+    _, body = split_card(card)
+    schema = pq.read_schema(sorted(glob.glob(os.path.join(out, "shards", "*.parquet")))[0])
+    assert list(S.COLUMN_DESCRIPTIONS) == S.shard_schema(8).names == schema.names
+    rows = {r[0].strip("`"): r for r in table_rows(section(body, "Schema"))}
+    assert list(rows) == schema.names
+    for field in schema:
+        assert rows[field.name][1] == f"`{field.type}`"
+        assert rows[field.name][2] == S.COLUMN_DESCRIPTIONS[field.name].replace("|", "\\|")
+
+
+def test_consent_and_limitations_sections(card):
+    _, body = split_card(card)
+    headings = re.findall(r"^## (.+)$", body, re.M)
+    assert headings == ["Contents", "Sources", "Harvest configuration", "Model files and licences",
+                        "Licence", "Schema", "Known limitations", "Consent and personal data"]
+    consent = section(body, "Consent and personal data")
+    assert "GDPR art. 9" in consent and "biometric" in consent
+    assert "Removal" in consent and "identify" in consent
+
+
+def test_card_is_deterministic_and_takes_options(out, card, tmp_path):
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    assert cli.main(["card", out, "--out", str(a)]) == 0
+    assert cli.main(["card", out, "--out", str(b)]) == 0
+    assert a.read_text() == b.read_text() == card
+    for r in manifest(out).values():              # no clock, not even the manifest's
+        assert not r["finished_at"] or r["finished_at"] not in card
+    c = tmp_path / "c.md"
+    assert cli.main(["card", out, "--out", str(c), "--license", "cc-by-nc-4.0",
+                     "--pretty-name", "Crowd faces", "--contact", "privacy@example.org"]) == 0
+    meta, body = split_card(c.read_text())
+    assert meta["license"] == "cc-by-nc-4.0" and meta["pretty_name"] == "Crowd faces"
+    assert body.startswith("\n# Crowd faces\n") and "privacy@example.org" in body
+    assert cli.main(["card", str(tmp_path / "missing")]) == 1
+
+
+def test_size_categories_follow_the_hub_bins():
+    from harvest.card import size_category
+    assert [size_category(n) for n in (0, 999, 1000, 9999, 10_000, 169_400, 2_000_000)] == [
+        "n<1K", "n<1K", "1K<n<10K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M"]
+
+
+def test_card_of_an_output_without_shards(tmp_path):
+    """Every title failed: the card still parses, counts zero tracks and lists the columns."""
+    from harvest import storage
+    fs, root = storage.open_fs(str(tmp_path))
+    storage.write_record(fs, root, {
+        "title_id": "bad-000000000000", "source": "file:///videos/bad.mp4", "status": "failed",
+        "error": "DecodeError: no frame", "shard_path": None, "shard_sha256": None,
+        **dict.fromkeys(S.COUNT_FIELDS, 0), "seconds": 0.0, "config_hash": "0" * 16,
+        "backend": "dlib", "pipeline_version": S.PIPELINE_VERSION, "finished_at": None})
+    assert cli.main(["card", str(tmp_path)]) == 0
+    meta, body = split_card((tmp_path / "README.md").read_text())
+    assert meta["size_categories"] == ["n<1K"]
+    contents = {k: int(v) for k, v in table_rows(section(body, "Contents"))}
+    assert (contents["titles"], contents["titles failed"], contents["tracks"]) == (1, 1, 0)
+    assert "No shard has been written yet." in section(body, "Harvest configuration")
+    rows = {r[0].strip("`"): r for r in table_rows(section(body, "Schema"))}
+    assert list(rows) == S.shard_schema(8).names
+    assert re.fullmatch(r"`fixed_size_list<\w+: float>\[D\]`", rows["mean_embedding"][1])
