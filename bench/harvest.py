@@ -1,37 +1,40 @@
-"""Benchmark: decode-only vs the full per-title harvest, serial vs pipelined, in one process.
+"""Benchmark: decode-only vs the full per-title harvest, per stage, at several resolutions.
 
-    python bench/harvest.py [VIDEO] [--models DIR | --backend dlib] [--repeat N]
+    python bench/harvest.py [--res 360 720 1080] [--seconds 60] [--stride 1 2]
+                            [--backend insightface|torch|dlib] [--device cpu|cuda] [--models DIR]
+    python bench/harvest.py --video crowd.mp4 ...        # a given file instead of generated titles
 
-Prints frames/s of decode alone, of each stage (frames / busy seconds of that stage), of the whole
-harvest run serially and with decode, detection and embedding overlapped in threads, the ratio
-harvest/decode-only, the pipelining speed-up and each stage's utilisation (busy / wall). It
-measures and prints; it asserts nothing about time.
+For each resolution a title of ``--seconds`` at 25 fps is generated on disk (faces from
+``harvest.samples`` drifting on textured backgrounds, cuts every 2-10 s; the same renderer as
+bench/long_title.py), then measured in this one process:
+  * decode only (``ChunkedVideoReader``, every frame decoded);
+  * the harvest of the title (``harvest_title``: decode -> shots -> detect -> align/embed ->
+    tracks -> mining -> spill) at each ``--stride``, stages overlapped in threads;
+  * each stage's busy time, the harvest/decode-only throughput ratio, and real-time factor
+    (harvested frames/s / 25); peak RSS of this process.
+``--device cuda`` runs the torch backend on the GPU and also prints GPU utilisation
+(``torch.cuda.utilization`` when available). It measures and prints; it asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
+import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.append(HERE)          # after the repo: this file's name would shadow the package
 
 from harvest.config import HarvestConfig, RunOptions  # noqa: E402
 from harvest.decode import ChunkedVideoReader  # noqa: E402
 from harvest.faces.registry import load_backend  # noqa: E402
 from harvest.pipeline import harvest_title  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
-
-
-def default_video() -> str:
-    crowd = os.path.join(SHARED, "data", "crowd.mp4")
-    if os.path.exists(crowd):
-        return crowd
-    from harvest.samples import make_clip
-    path = "/tmp/harvest-bench-sample.mp4"
-    make_clip(path, seed=0)
-    return path
+SHARED = os.path.join(os.path.dirname(HERE), "..", "shared")
+FPS = 25.0
 
 
 def decode_only(path: str, chunk_frames: int) -> tuple[int, float]:
@@ -41,45 +44,81 @@ def decode_only(path: str, chunk_frames: int) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(video: str, backend, config: HarvestConfig, options: RunOptions) -> dict:
+    r = harvest_title(video, backend, config, options)
+    with r.tracks as tracks:
+        return dict(frames=r.frames, seconds=r.seconds, busy=dict(r.times.busy),
+                    faces=tracks.faces, tracks=len(tracks))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("video", nargs="?", default=None)
-    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--video", default=None, help="measure this file instead of generated titles")
+    ap.add_argument("--res", type=int, nargs="*", default=[360])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--stride", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--backend", default="insightface")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", default=None)
-    ap.add_argument("--det-stride", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--det-batch", type=int, default=RunOptions().det_batch)
+    ap.add_argument("--workdir", default=None)
     a = ap.parse_args(argv)
-    video = a.video or default_video()
     models = a.models
-    if models is None and a.backend in ("auto", "insightface"):
-        pack = os.path.join(SHARED, "models", "face-pack")
-        models = pack if os.path.isdir(pack) else None
-    config = HarvestConfig(backend=a.backend, models=models, det_stride=a.det_stride)
-    backend = load_backend(config, threads=a.threads)
-    opts = RunOptions()
-    print(f"video {video}\nbackend {backend.name} ({', '.join(m.name for m in backend.model_files)}),"
-          f" det_stride {a.det_stride}, cpus {os.cpu_count()}, repeat {a.repeat} (best of)")
+    if models is None and a.backend != "dlib":
+        models = os.path.join(SHARED, "models", "face-pack")
+    backend_name = "torch" if a.device == "cuda" else a.backend
+    base = HarvestConfig(backend=backend_name, models=models)
+    backend = load_backend(base, use_gpu=a.device == "cuda", threads=a.threads)
+    options = RunOptions(det_batch=a.det_batch)
+    print(f"backend {backend.name} ({', '.join(m.name for m in backend.model_files)}), "
+          f"device {getattr(backend, 'device', 'cpu')}, threads {a.threads}, cpus {os.cpu_count()}, "
+          f"det_batch {a.det_batch}")
 
-    harvest_title(video, backend, config, RunOptions(pipelined=False))          # warm-up
-    n, dec = min((decode_only(video, opts.chunk_frames) for _ in range(a.repeat)), key=lambda x: x[1])
-    runs = {}
-    for piped in (False, True):
-        runs[piped] = min((harvest_title(video, backend, config, RunOptions(pipelined=piped))
-                           for _ in range(a.repeat)), key=lambda r: r.seconds)
-    serial, piped = runs[False], runs[True]
-    print(f"\nframes {n}, faces {piped.tracks.faces}, tracks {len(piped.tracks)}")
-    print(f"{'measure':34s} {'seconds':>8s} {'frames/s':>9s}")
-    print(f"{'decode only':34s} {dec:8.2f} {n / dec:9.1f}")
-    for stage, busy in serial.times.busy.items():
-        print(f"{'stage ' + stage + ' (busy, serial run)':34s} {busy:8.2f} {n / max(busy, 1e-9):9.1f}")
-    print(f"{'harvest serial':34s} {serial.seconds:8.2f} {n / serial.seconds:9.1f}")
-    print(f"{'harvest pipelined':34s} {piped.seconds:8.2f} {n / piped.seconds:9.1f}")
-    print(f"\nratio harvest(pipelined)/decode-only throughput: {dec / piped.seconds:.3f}")
-    print(f"pipelining speed-up (serial / pipelined wall):   {serial.seconds / piped.seconds:.2f}x")
-    print("stage utilisation in the pipelined run (busy / wall): " + ", ".join(
-        f"{k} {v / piped.seconds:.0%}" for k, v in piped.times.busy.items()))
-    print(f"faces/s embedded (pipelined): {faces / piped.seconds:.1f}")
+    work = a.workdir or tempfile.mkdtemp(prefix="bench-harvest-")
+    videos = []
+    if a.video:
+        videos.append((os.path.basename(a.video), a.video))
+    else:
+        from long_title import generate
+        for res in a.res:
+            path = os.path.join(work, f"title-{res}p-{a.seconds:g}s.mp4")
+            if not os.path.exists(path):
+                t0 = time.perf_counter()
+                generate(path, a.seconds / 60.0, res, single=False)
+                print(f"generated {path} in {time.perf_counter() - t0:.1f} s")
+            videos.append((f"{res}p", path))
+
+    rows = []
+    for name, video in videos:
+        measure(video, backend, HarvestConfig(backend=backend_name, models=models, det_stride=8),
+                options)                                                   # warm-up
+        n, dec = decode_only(video, options.chunk_frames)
+        rows.append((name, "decode only", n, dec, None, None, {}))
+        for stride in a.stride:
+            cfg = HarvestConfig(backend=backend_name, models=models, det_stride=stride)
+            m = measure(video, backend, cfg, options)
+            rows.append((name, f"harvest stride {stride}", m["frames"], m["seconds"], m["faces"],
+                         dec, m["busy"]))
+    print(f"\n{'title':10s} {'run':18s} {'frames':>7s} {'s':>8s} {'fr/s':>8s} {'x real':>7s} "
+          f"{'/decode':>8s} {'faces':>7s}  stage busy s (decode, detect, embed, track_mine)")
+    for name, run, n, secs, faces, dec, busy in rows:
+        fps = n / secs
+        ratio = f"{dec / secs:8.3f}" if dec else f"{'':8s}"
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in busy.items())
+        print(f"{name:10s} {run:18s} {n:7d} {secs:8.2f} {fps:8.1f} {fps / FPS:7.2f} {ratio} "
+              f"{faces if faces is not None else '':>7}  {stages}")
+    print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
+    if a.device == "cuda":
+        import torch
+        try:
+            print(f"GPU utilisation (last sample): {torch.cuda.utilization()} %")
+        except Exception as exc:  # noqa: BLE001 - needs pynvml; report why not
+            print(f"GPU utilisation unavailable: {exc}")
     return 0
 
 
