@@ -78,7 +78,8 @@ def test_registry_batch_loss_is_finite_scalar(name):
     loss = spec.loss(**spec.loss_kwargs)
     views = torch.nn.functional.normalize(torch.randn(b, 3, d), dim=-1)
     batch = {"views": views, "negative": torch.randn(b, d), "labels": torch.arange(b),
-             "allowed": torch.rand(b, b) > 0.5}
+             "allowed": torch.rand(b, b) > 0.5, "first": torch.randn(b, d),
+             "second": torch.randn(b, d), "similar": torch.arange(b) % 2}
     out = spec.batch_loss(model, loss, batch)
     assert out.ndim == 0 and math.isfinite(float(out))
     out.backward()

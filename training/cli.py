@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from training import cluster, registry
+from training import cluster, methods, registry
+from training.evaluate import DEFAULT_METHODS
+
+
+HEAD_HELP = ("a trained head: a `train` run directory (--output/NAME: its best checkpoint), "
+             "a checkpoint directory, or the published BCL file")
 
 
 def _ray_init():
@@ -22,7 +27,8 @@ def train_main(argv=None) -> int:
     p.add_argument("--name", help="run name under --output (default: the head); reusing it resumes")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--gpu", action="store_true")
-    p.add_argument("--val-titles", nargs="+", help="validation titles (default: hashed fraction)")
+    p.add_argument("--val-titles", nargs="+",
+                   help="validation titles, title_id or file name (default: hashed fraction)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--epochs", type=int, help="maximum epochs (default 100; early stopping)")
     p.add_argument("--batch-size", type=int)
@@ -78,10 +84,15 @@ def _track_identities(shards: str, labels_url: str) -> dict:
 def evaluate_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="evaluate", description="Cluster held-out titles and score.")
     p.add_argument("--shards", required=True)
-    p.add_argument("--titles", nargs="+", help="titles to evaluate (default: all labelled)")
+    p.add_argument("--titles", nargs="+",
+                   help="titles to evaluate, title_id or file name (default: all labelled)")
     p.add_argument("--labels", required=True, help="track- or box-level identity CSV")
-    p.add_argument("--head", help="checkpoint directory of `train`, or the published BCL file")
-    p.add_argument("--method", nargs="+", default=list(cluster.METHODS), choices=cluster.METHODS)
+    p.add_argument("--head", help=HEAD_HELP)
+    p.add_argument("--method", nargs="+", default=list(DEFAULT_METHODS), choices=sorted(methods.METHODS))
+    p.add_argument("--cannot-link", action="store_true",
+                   help="HAC methods never join two tracks that share a frame")
+    p.add_argument("--known-k", action="store_true",
+                   help="finch/c1c stop at the title's identity count (default: parameter-free)")
     p.add_argument("--linkage", default="average", choices=cluster.LINKAGES,
                    help="HAC linkage (BCL's hac-threshold always uses complete)")
     p.add_argument("--val-titles", nargs="+",
@@ -90,8 +101,36 @@ def evaluate_main(argv=None) -> int:
     args = p.parse_args(argv)
     from training.evaluate import evaluate, format_table, write_json
     records = evaluate(args.shards, args.titles, args.labels, head=args.head, methods=args.method,
-                       linkage=args.linkage, val_titles=args.val_titles)
+                       linkage=args.linkage, val_titles=args.val_titles,
+                       cannot_link=args.cannot_link, known_k=args.known_k)
     print(format_table(records))
     if args.json:
         write_json(records, args.json)
     return 0
+
+
+def cluster_main(argv=None) -> int:
+    from training.cluster_titles import DEFAULT_METHOD
+    p = argparse.ArgumentParser(prog="cluster", description="Label the valid tracks of every "
+                                "title with person ids (no labels, K or threshold needed).")
+    p.add_argument("--shards", required=True, help="directory/URL of harvested Parquet shards")
+    p.add_argument("--output", required=True, help="directory/URL: one <title_id>.parquet each")
+    p.add_argument("--head", help=HEAD_HELP + " (default: raw embeddings)")
+    p.add_argument("--method", default=DEFAULT_METHOD,
+                   choices=sorted(n for n, m in methods.METHODS.items() if m.parameter_free
+                                  or m.threshold))
+    p.add_argument("--titles", nargs="+", help="only these titles (title_id or file name)")
+    p.add_argument("--cannot-link", action="store_true",
+                   help="hac-threshold never joins two tracks that share a frame")
+    args = p.parse_args(argv)
+    from training.cluster_titles import make_config, run
+    try:
+        make_config(args.method, args.head, args.cannot_link)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"cluster: {e}", file=sys.stderr)
+        return 2
+    _ray_init()
+    results = run(args.shards, args.output, args.head, args.method, args.titles, args.cannot_link)
+    n = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
+    print(f"cluster: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed -> {args.output}")
+    return 1 if n["failed"] else 0

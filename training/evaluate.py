@@ -1,8 +1,9 @@
 """Clustering evaluation of held-out titles (raw mean embeddings or through a trained head).
 
-For each title: valid tracks, embedded (mean_embedding, through the head's ``embed`` if any),
-labelled from the CSV; unlabelled tracks are counted (``n_unmatched``) and excluded. Each
-method clusters the labelled tracks; metrics per title and pooled (identities and clusters
+For each title: valid tracks, embedded by the head's clustering rule (``registry`` entry's
+``embed_tracks``; raw mean embeddings without a head), labelled from the CSV; unlabelled tracks
+are counted (``n_unmatched``) and excluded. Each method (``training.methods``) clusters the
+labelled tracks; metrics per title and pooled (identities and clusters
 kept apart per title; pair TPR over within-title pairs).
 """
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
-import torch
 
-from training import cluster, metrics
-from training.columns import BOXES, FRAME_IDX, IS_VALID, MEAN_EMBEDDING, TRACK_ID
-from training.data import _fs, _vectors, shard_info
+from training import cluster, metrics, registry
+from training.columns import BOXES, FRAME_IDX
+from training.data import resolve_titles, shard_info
 from training.labels import assign, read_labels
+from training.methods import Job, read_tracks
+from training.methods import get as get_method
+from training.registry import embed_rows, mean_track_embedding
+
+DEFAULT_METHODS = ("hac-k", "hac-threshold", "ap")
 
 METRIC_KEYS = ("wcp", "nmi", "v_measure", "homogeneity", "completeness", "n_tracks",
                "n_unmatched", "n_clusters", "n_identities", "pcr", "oci", "bcubed_precision",
@@ -25,46 +29,35 @@ METRIC_KEYS = ("wcp", "nmi", "v_measure", "homogeneity", "completeness", "n_trac
 
 def embed(x: np.ndarray, model=None, batch: int = 4096) -> np.ndarray:
     """(N, D) -> (N, E) float64: identity without a model, else model.embed in eval mode."""
-    if model is None:
-        return np.asarray(x, np.float64)
-    model.eval()
-    with torch.no_grad():
-        outs = [model.embed(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
-                for i in range(0, len(x), batch)]
-    return torch.cat(outs).double().numpy()
+    return embed_rows(model, x, batch)
 
 
-def load_title(info: dict, labels, key: str, model=None, min_iou: float = 0.5) -> dict:
-    """-> dict(title, emb (n, E), identity (n,), n_unmatched) for the valid tracks of a shard."""
-    fs, p = _fs(info["path"])
-    cols = [TRACK_ID, MEAN_EMBEDDING, IS_VALID] + ([FRAME_IDX, BOXES] if labels.level == "box" else [])
-    with fs.open(p, "rb") as f:
-        table = pq.read_table(f, columns=cols)
-    table = table.filter(table[IS_VALID])
-    ids = table[TRACK_ID].to_numpy()
+def load_title(info: dict, labels, key: str, model=None, min_iou: float = 0.5,
+               embed_tracks=mean_track_embedding) -> dict:
+    """-> dict(title, tracks (labelled valid tracks), emb (n, E), identity (n,), n_unmatched)
+    for the valid tracks of a shard; ``embed_tracks`` is the head's clustering rule."""
+    tracks, table = read_tracks(info["path"], [FRAME_IDX, BOXES] if labels.level == "box" else [])
+    ids = tracks.track_ids
     if labels.level == "box":
         who = assign(labels, key, ids, table[FRAME_IDX].to_pylist(), table[BOXES].to_pylist(), min_iou)
     else:
         who = assign(labels, key, ids)
     keep = np.array([w is not None for w in who], bool)
-    x = _vectors(table[MEAN_EMBEDDING], info["dim"])[:, 0][keep]
-    return dict(title=info["title_id"], emb=embed(x, model),
+    tracks = tracks.subset(keep)
+    emb = embed_tracks(model, tracks) if model is not None else embed(tracks.means)
+    return dict(title=info["title_id"], tracks=tracks, emb=emb,
                 identity=np.array([w for w in who if w is not None], dtype=object),
                 n_unmatched=int((~keep).sum()))
 
 
 def select(infos: list[dict], labels, titles) -> list[tuple[dict, str]]:
-    """(shard info, label key) for each requested title (title_id or source basename)."""
+    """(shard info, label key) for each requested title (title_id or source file name)."""
     out = []
-    for want in titles:
-        hits = [i for i in infos if want in (i["title_id"], i["source_uri"].rstrip("/").split("/")[-1],
-                                             i["source_uri"].rstrip("/").split("/")[-1].rsplit(".", 1)[0])]
-        if not hits:
-            raise ValueError(f"title {want!r} is in no shard")
-        key = labels.key_for(hits[0]["title_id"], hits[0]["source_uri"])
+    for info in resolve_titles(infos, titles):
+        key = labels.key_for(info["title_id"], info["source_uri"])
         if key is None:
-            raise ValueError(f"title {want!r} has no labels")
-        out.append((hits[0], key))
+            raise ValueError(f"title {info['title_id']!r} has no labels")
+        out.append((info, key))
     return out
 
 
@@ -74,43 +67,55 @@ def _threshold_from(titles: list[dict], linkage: str) -> float:
                             for t in titles]))
 
 
-def evaluate(shards: str, titles, labels_url: str, head: str | None = None, methods=cluster.METHODS,
-             linkage: str = "average", val_titles=None, min_iou: float = 0.5, log=print) -> list[dict]:
-    """Records ``{"title", "method", "head", <METRIC_KEYS>}`` per title and method, then pooled."""
+def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
+             methods=DEFAULT_METHODS, linkage: str = "average", val_titles=None,
+             min_iou: float = 0.5, cannot_link: bool = False, known_k: bool = False,
+             log=print) -> list[dict]:
+    """Records ``{"title", "method", "head", <METRIC_KEYS>}`` per title and method, then pooled.
+
+    ``methods``: names in :mod:`training.methods`. K (the title's identity count) goes to
+    methods that need it, and to those that take it optionally only with ``known_k``;
+    ``cannot_link`` turns on cannot-link HAC for the methods that offer it. ``hac-threshold``
+    uses the head's own stopping rule (BCL) if it has one, else a height fitted on
+    ``val_titles`` (else leave-one-title-out) to match their identity counts."""
     from training.train import load_head
 
+    methods = [get_method(m) for m in methods]
     head_name, model, loss = ("raw", None, None) if head is None else load_head(head)
+    spec = registry.get(head_name) if model is not None else None
+    rule = spec.embed_tracks if spec else mean_track_embedding
     labels = read_labels(labels_url)
     infos = shard_info(shards)
     titles = titles or sorted({i["title_id"] for i in infos
                                if labels.key_for(i["title_id"], i["source_uri"])})
-    data = [load_title(i, labels, k, model, min_iou) for i, k in select(infos, labels, titles)]
-    val = [load_title(i, labels, k, model, min_iou) for i, k in select(infos, labels, val_titles or [])]
+    data = [load_title(i, labels, k, model, min_iou, rule) for i, k in select(infos, labels, titles)]
+    val = [load_title(i, labels, k, model, min_iou, rule)
+           for i, k in select(infos, labels, val_titles or [])]
+    own_cut = spec.stop_rule(loss) if spec and spec.stop_rule else None
     records = []
     for method in methods:
-        if method not in cluster.METHODS:
-            raise ValueError(f"unknown method {method!r}")
         preds = []
         for j, t in enumerate(data):
-            if method == "hac-k":
-                c = cluster.hac_k(t["emb"], len(set(t["identity"])), linkage)
-            elif method == "ap":
-                c = cluster.affinity_propagation(t["emb"])
-            elif head_name == "bcl":            # BCL: stop at 4b, complete linkage (methods 1.5)
-                c = cluster.hac_threshold(t["emb"], loss.hac_threshold(), "complete")
-            else:                               # threshold from validation titles
+            cut = None
+            if method.threshold:
                 ref = val or [o for i, o in enumerate(data) if i != j]
-                if not ref:
-                    log(f"hac-threshold skipped for {t['title']}: no validation titles")
-                    c = None
+                if own_cut:
+                    cut = own_cut
+                elif ref:
+                    cut = (_threshold_from(ref, linkage), linkage)
                 else:
-                    c = cluster.hac_threshold(t["emb"], _threshold_from(ref, linkage), linkage)
-            preds.append(c)
+                    log(f"{method.name} skipped for {t['title']}: no validation titles")
+                    preds.append(None)
+                    continue
+            k = len(set(t["identity"])) if method.k == "required" or known_k else None
+            job = Job(t["tracks"], t["emb"], model, k=k, cut=cut, linkage=linkage,
+                      cannot_link=cannot_link and method.cannot_link == "option")
+            preds.append(method(job) + 1)
         done = [(t, c) for t, c in zip(data, preds) if c is not None]
         for t, c in done:
-            records.append(_record(t["title"], method, head_name, [t], [c]))
+            records.append(_record(t["title"], method.name, head_name, [t], [c]))
         if done:
-            records.append(_record("pooled", method, head_name, *map(list, zip(*done))))
+            records.append(_record("pooled", method.name, head_name, *map(list, zip(*done))))
     return records
 
 

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from training import registry
-from training.data import (collate, deal_titles, iter_titles, shard_info, split_titles,
-                           stream_batches)
+from training.data import (collate, deal_titles, iter_titles, resolve_titles, shard_info,
+                           split_titles, stream_batches)
 
 log = logging.getLogger("movieface.train")
 STATE_FILE = "state.pt"
@@ -204,8 +204,8 @@ def train_loop(config: dict) -> None:
     after_step = _fault_hook(config.get("fault"), rank)
 
     def batches(infos, rng):
-        return stream_batches(iter_titles(i["path"] for i in infos), kind, hp["batch_size"], rng,
-                              identities)
+        return stream_batches(iter_titles((i["path"] for i in infos), kind.columns), kind,
+                              hp["batch_size"], rng, identities, hp)
 
     def validate():     # unwrapped: no DDP collectives, so ranks may run different batch counts
         val_batches = batches(val_share, np.random.default_rng(hp["seed"] + 1))
@@ -264,18 +264,50 @@ def save_state(directory: str, obj: Objective, optimizer, state: dict, hp: dict)
                     model_kwargs=obj.model_kwargs),
                os.path.join(directory, STATE_FILE))
     with open(os.path.join(directory, HEAD_FILE), "w") as f:
-        json.dump(dict(head=obj.head, in_dim=obj.in_dim, epoch=state["epoch"]), f)
+        json.dump(dict(head=obj.head, in_dim=obj.in_dim, epoch=state["epoch"],
+                       val_loss=state["history"][-1]["val_loss"] if state["history"] else None), f)
+
+
+def resolve_head(path: str) -> str:
+    """A head given as a checkpoint directory (or its ``state.pt``, or the published BCL file)
+    or as a run directory (``--output/<name>``: its checkpoint of lowest validation loss, the
+    latest on ties) -> the checkpoint path. The one rule every command uses."""
+    import fsspec
+    fs, p = fsspec.core.url_to_fs(path)
+    if not fs.isdir(p) or fs.exists(p.rstrip("/") + "/" + STATE_FILE):
+        return path
+    found = []
+    for state in sorted(fs.glob(p.rstrip("/") + "/*/" + STATE_FILE)):
+        d = state.rsplit("/", 1)[0]
+        try:
+            with fs.open(d + "/" + HEAD_FILE) as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            meta = {}
+        val = meta.get("val_loss")
+        if val is None:
+            with fs.open(state, "rb") as f:
+                hist = torch.load(f, map_location="cpu", weights_only=False)["state"]["history"]
+            val = hist[-1]["val_loss"] if hist else float("inf")
+        found.append((val, d))
+    if not found:
+        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with "
+                                f"checkpoints ({STATE_FILE} in a sub-directory)")
+    best = min(v for v, _ in found)
+    d = [d for v, d in found if v == best][-1]
+    return d if "://" not in path else fs.unstrip_protocol(d)
 
 
 def load_head(path: str):
     """A trained head for inference -> (name, model in eval mode, loss).
 
     ``path``: a checkpoint directory written by :func:`train_loop` (local or URL), its
-    ``state.pt``, or the published BCL checkpoint file.
+    ``state.pt``, a run directory (:func:`resolve_head`), or the published BCL checkpoint file.
     """
     from training.heads.bcl import is_published_checkpoint, load_published
 
     import fsspec
+    path = resolve_head(path)
     fs, p = fsspec.core.url_to_fs(path)
     if fs.isdir(p):
         p = p.rstrip("/") + "/" + STATE_FILE
@@ -316,6 +348,8 @@ def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False
     dims = {i["dim"] for i in infos}
     if len(dims) != 1:
         raise ValueError(f"shards mix embedding sizes {sorted(dims)}")
+    if val_titles:          # title_ids or source file names
+        val_titles = [i["title_id"] for i in resolve_titles(infos, val_titles)]
     train_titles, val = split_titles([i["title_id"] for i in infos], val_titles, val_fraction)
     if not val or not train_titles:
         raise ValueError(f"need at least one training and one validation title, "

@@ -1,0 +1,212 @@
+"""Clustering methods as a registry: one function + one :func:`register` call each, carrying its
+defaults, whether it needs the number of identities K (``k``: "required", "optional" or "no"),
+a cut height (``threshold``) and how it uses cannot-links (``cannot_link``: "always", "option"
+= the ``--cannot-link`` flag, or "no"). ``evaluate`` and ``cluster`` only look methods up here.
+
+Every method sees one title (:class:`TitleTracks`: valid tracks, their mean embeddings,
+cannot-links as track ids, per-face embeddings read on first use) and its track embeddings
+(the head's ``embed_tracks``, raw means without a head), and returns (T,) labels.
+
+    hac-k          HAC cut at K clusters (``linkage``, default average; training/cluster.py)
+    hac-threshold  HAC cut at a height: the head's own rule (BCL: 4b, complete linkage), else
+                   a height fitted by ``evaluate`` on labelled titles
+    ap             affinity propagation, cosine similarity, preference = median, damping 0.5
+    finch          FINCH on the track embeddings, cosine, its last (coarsest) partition, or
+                   ``req_clust`` = K when K is given (its first partition when K is larger:
+                   FINCH never splits it) (training/finch.py, methods.md 6.1)
+    c1c            C1C on the per-face embeddings (through the head's ``embed`` if any),
+                   euclidean: must-links chain each track's faces (partition 0 = the tracks),
+                   cannot-links join co-occurring tracks; last partition or K (methods.md 6.2)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from training import cluster as hac
+from training.columns import CANNOT_LINK, IS_VALID, MEAN_EMBEDDING, TRACK_ID
+from training.data import _fs, _vectors, faces_of
+
+
+# ------------------------------------------------------------------------------- one title
+@dataclass
+class TitleTracks:
+    """The valid tracks of one title, rows in ``track_id`` order."""
+    title_id: str
+    track_ids: np.ndarray                       # (T,) int64
+    means: np.ndarray                           # (T, D) float32 mean embeddings
+    cannot_link: list                           # per track: track ids it co-occurs with
+    load_faces: Callable = field(repr=False, default=None)   # -> (faces (F, D), track row (F,))
+    _faces: tuple | None = field(repr=False, default=None)
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.track_ids)
+
+    def _get_faces(self):
+        if self._faces is None:
+            self._faces = self.load_faces()
+        return self._faces
+
+    @property
+    def faces(self) -> np.ndarray:
+        return self._get_faces()[0]
+
+    @property
+    def track_of_face(self) -> np.ndarray:
+        return self._get_faces()[1]
+
+    def cannot_link_pairs(self) -> np.ndarray:
+        """(P, 2) row pairs i < j of co-occurring tracks."""
+        return hac.cannot_link_pairs(self.track_ids, self.cannot_link)
+
+    def subset(self, keep: np.ndarray) -> "TitleTracks":
+        """The tracks where ``keep`` (bool (T,)) holds; faces follow lazily."""
+        keep = np.asarray(keep, bool)
+        parent = self
+
+        def load():
+            faces, tof = parent._get_faces()
+            new_row = np.cumsum(keep) - 1
+            m = keep[tof]
+            return faces[m], new_row[tof[m]]
+        return replace(self, track_ids=self.track_ids[keep], means=self.means[keep],
+                       cannot_link=[c for c, k in zip(self.cannot_link, keep) if k],
+                       load_faces=load, _faces=None)
+
+
+def read_tracks(path: str, columns=()) -> tuple[TitleTracks, "pa.Table"]:
+    """(TitleTracks, table of its valid rows with the extra ``columns``) of one shard; the
+    per-face embeddings are read only when a method or head asks for them."""
+    from harvest.schema import read_metadata
+    fs, p = _fs(path)
+    cols = list(dict.fromkeys([TRACK_ID, IS_VALID, MEAN_EMBEDDING, CANNOT_LINK, *columns]))
+    with fs.open(p, "rb") as f:
+        pf = pq.ParquetFile(f)
+        title_id = read_metadata(pf.schema_arrow)["title_id"]
+        table = pf.read(columns=cols)
+    table = table.filter(table[IS_VALID]).sort_by([(TRACK_ID, "ascending")])
+    dim = table.schema.field(MEAN_EMBEDDING).type.list_size
+
+    def load():
+        from training.columns import EMBEDDINGS
+        with fs.open(p, "rb") as f:
+            t = pq.read_table(f, columns=[TRACK_ID, IS_VALID, MEAN_EMBEDDING, EMBEDDINGS])
+        return faces_of(t.filter(t[IS_VALID]).sort_by([(TRACK_ID, "ascending")]))
+    tracks = TitleTracks(title_id, table[TRACK_ID].to_numpy(),
+                         _vectors(table[MEAN_EMBEDDING], dim)[:, 0],
+                         [c or [] for c in table[CANNOT_LINK].to_pylist()], load)
+    return tracks, table
+
+
+# ------------------------------------------------------------------------------- registry
+@dataclass
+class Job:
+    """What one method call gets: the title, its track embeddings (T, E), the head's model
+    (None = raw), K, a (threshold, linkage) cut, the HAC linkage and the cannot-link flag."""
+    title: TitleTracks
+    emb: np.ndarray
+    model: object = None
+    k: int | None = None
+    cut: tuple | None = None
+    linkage: str = "average"
+    cannot_link: bool = False
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    run: Callable                 # Job -> (T,) labels
+    k: str = "no"                 # "required" | "optional" | "no"
+    threshold: bool = False       # needs a cut height
+    cannot_link: str = "no"       # "always" | "option" | "no"
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def parameter_free(self) -> bool:
+        return self.k != "required" and not self.threshold
+
+    def __call__(self, job: Job) -> np.ndarray:
+        if job.title.n_tracks <= 1:
+            return np.zeros(job.title.n_tracks, np.int64)
+        job = replace(job, params={**self.defaults, **job.params})
+        _, labels = np.unique(np.asarray(self.run(job)), return_inverse=True)
+        return labels.astype(np.int64)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown clustering method {name!r}; choose from {sorted(METHODS)}") \
+            from None
+
+
+def _cl(job: Job):
+    return job.title.cannot_link_pairs() if job.cannot_link else None
+
+
+def _hac_k(job: Job) -> np.ndarray:
+    return hac.hac_k(job.emb, job.k, job.linkage, cannot_link=_cl(job))
+
+
+def _hac_threshold(job: Job) -> np.ndarray:
+    threshold, linkage = job.cut
+    return hac.hac_threshold(job.emb, threshold, linkage, cannot_link=_cl(job))
+
+
+def _ap(job: Job) -> np.ndarray:
+    return hac.affinity_propagation(job.emb, job.params["damping"])
+
+
+def _finch(job: Job) -> np.ndarray:
+    from training.finch import finch, required_clusters
+    res = finch(job.emb, job.params["metric"])
+    if not job.k:
+        return res.partitions[:, -1]
+    if job.k >= res.counts[0]:          # FINCH cannot split its first partition further
+        return res.partitions[:, 0]
+    return required_clusters(np.asarray(job.emb, np.float64), res.partitions, res.counts, job.k,
+                             job.params["metric"])
+
+
+def _c1c(job: Job) -> np.ndarray:
+    from training.c1c import c1c_tracks
+    from training.registry import embed_rows
+    t = job.title
+    faces = embed_rows(job.model, t.faces)
+    res = c1c_tracks(faces, t.track_of_face, t.track_ids, t.cannot_link, job.params["metric"],
+                     req_clust=min(job.k, t.n_tracks) if job.k else None)
+    face_labels = res.req if job.k else res.partitions[:, -1]
+    first = np.searchsorted(t.track_of_face, np.arange(t.n_tracks))     # faces grouped by track
+    return face_labels[first]
+
+
+register(Method("hac-k", _hac_k, k="required", cannot_link="option"))
+register(Method("hac-threshold", _hac_threshold, threshold=True, cannot_link="option"))
+register(Method("ap", _ap, defaults=dict(damping=0.5)))
+register(Method("finch", _finch, k="optional", defaults=dict(metric="cosine")))
+register(Method("c1c", _c1c, k="optional", cannot_link="always",
+                defaults=dict(metric="euclidean")))
+
+
+def confidence(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per track: cosine between its (unit) embedding and the normalised mean of the unit
+    embeddings of its cluster (1 for a singleton; higher = more central). O(T E)."""
+    x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    c = np.zeros((int(labels.max()) + 1 if len(labels) else 0, x.shape[1]))
+    np.add.at(c, labels, x)
+    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return np.clip((x * c[labels]).sum(1), -1.0, 1.0)
