@@ -120,3 +120,20 @@ def test_evaluate_siamese_head_by_run_directory(siamese_runs, harvested, tmp_pat
     assert {r["method"] for r in recs} == {"hac-k", "c1c", "finch"}
     for r in recs:
         assert r["head"] == head and r["n_tracks"] >= 3 and 0 <= r["nmi"] <= 1
+
+
+def test_cluster_with_siamese_head_by_run_directory(siamese_runs, harvested, tmp_path):
+    import pyarrow.parquet as pq
+
+    from training.cli import cluster_main
+    from training.cluster_titles import META_KEY
+    from training.train import resolve_head
+    root, title_of = harvested
+    runs, _ = siamese_runs
+    out = tmp_path / "clusters"
+    assert cluster_main(["--shards", str(root / "harvest" / "shards"), "--output", str(out),
+                         "--head", str(runs / "tsiam"), "--titles", "title_0.mp4"]) == 0
+    t = pq.read_table(out / f"{title_of['title_0.mp4']}.parquet")
+    meta = json.loads(t.schema.metadata[META_KEY])
+    assert meta["config"]["head"] == resolve_head(str(runs / "tsiam")) != str(runs / "tsiam")
+    assert len(meta["config"]["head_sha256"]) == 64 and sum(meta["cluster_sizes"]) == t.num_rows
