@@ -145,3 +145,30 @@ def test_head_resolver_takes_run_and_checkpoint_dirs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
         resolve_head(str(tmp_path / "empty"))
+
+
+def test_cluster_title_with_a_head_that_has_its_own_cut(dataset, tmp_path):
+    """BCL carries its stopping rule (4b, complete linkage): `cluster` may use hac-threshold
+    with it, never without a head; the labels are the head's HAC at that cut."""
+    from training import cluster as hac
+    from training.cluster_titles import label_title, make_config
+    from training.data import shard_info
+    from training.train import Objective, load_head, make_optimizer, save_state
+    hp = registry.get("bcl").hparams()
+    obj = Objective("bcl", 16)
+    (tmp_path / "ckpt").mkdir()
+    save_state(str(tmp_path / "ckpt"), obj, make_optimizer(obj, hp),
+               dict(epoch=1, history=[dict(val_loss=1.0)]), hp)
+    with pytest.raises(ValueError, match="threshold"):
+        make_config("hac-threshold")
+    cfg = make_config("hac-threshold", str(tmp_path / "ckpt"))
+    assert len(cfg["head_sha256"]) == 64
+    name, model, loss = load_head(cfg["head"])
+    info = shard_info(dataset["shards"])[0]
+    table, meta = label_title(info, {**cfg, "head_name": name}, model, loss)
+    tracks, _ = methods.read_tracks(info["path"])
+    emb = registry.embed_rows(model, tracks.means)
+    want = hac.hac_threshold(emb, loss.hac_threshold(), "complete")
+    got = table["cluster_id"].to_numpy()
+    assert table["track_id"].to_pylist() == tracks.track_ids.tolist()
+    assert len(set(zip(got, want))) == len(set(got)) == len(set(want)) == meta["n_clusters"]

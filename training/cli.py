@@ -118,7 +118,9 @@ def cluster_main(argv=None) -> int:
     p.add_argument("--head", help=HEAD_HELP + " (default: raw embeddings)")
     p.add_argument("--method", default=DEFAULT_METHOD,
                    choices=sorted(n for n, m in methods.METHODS.items() if m.parameter_free
-                                  or m.threshold))
+                                  or m.threshold),
+                   help=f"default {DEFAULT_METHOD}; hac-threshold only with a head that has its "
+                        f"own cut (bcl: 4b)")
     p.add_argument("--titles", nargs="+", help="only these titles (title_id or file name)")
     p.add_argument("--cannot-link", action="store_true",
                    help="hac-threshold never joins two tracks that share a frame")
