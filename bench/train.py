@@ -129,8 +129,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tracks", nargs="+", type=int, default=[169_400, 1_000_000])
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--heads", nargs="+", default=sorted(registry.HEADS),
-                   help="heads at the smallest size")
+    p.add_argument("--heads", nargs="+", default=["bcl", "imptriplet", "mvcorr"],
+                   choices=sorted(registry.HEADS), help="heads at the smallest size (the "
+                   "track-level heads; ssiam/tsiam mine per-face batches and are far slower)")
     p.add_argument("--large-heads", nargs="+", default=["bcl", "mvcorr"],
                    help="heads at the larger sizes")
     p.add_argument("--workers", type=int, default=2)
