@@ -12,6 +12,8 @@ is tested on ``crowd.mp4`` in tests/test_torch_backend.py.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from harvest.faces.align import similarity_transforms
@@ -49,12 +51,16 @@ class TorchFaceBackend(FaceBackend):
 
     @classmethod
     def usable(cls, model_dir: str | None) -> bool:
-        try:
-            import onnx2torch  # noqa: F401
-            import torch
-        except ImportError:
+        """Chosen by ``auto`` only where a CUDA device is visible. The NVIDIA device files are
+        checked first, so a CPU worker never imports torch just to find out (torch alone adds
+        ~0.7 GB to a worker's RSS)."""
+        import importlib.util
+        if not model_dir or importlib.util.find_spec("onnx2torch") is None:
             return False
-        return bool(model_dir) and torch.cuda.is_available()
+        if not os.path.exists("/dev/nvidiactl") or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+            return False
+        import torch
+        return torch.cuda.is_available()
 
     @classmethod
     def build(cls, model_dir, config, *, use_gpu=False, threads=None) -> "TorchFaceBackend":
