@@ -80,6 +80,7 @@ def main(argv=None) -> int:
           f"det_batch {a.det_batch}")
 
     work = a.workdir or tempfile.mkdtemp(prefix="bench-harvest-")
+    os.makedirs(work, exist_ok=True)
     videos = []
     if a.video:
         videos.append((os.path.basename(a.video), a.video))
