@@ -17,6 +17,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     d = HarvestConfig()
     g = p.add_argument_group("harvest (changes shard content; part of the config hash)")
     from harvest.faces.registry import choices
+    from harvest.schema import CROP_MODES
     g.add_argument("--backend", default=d.backend, choices=choices())
     g.add_argument("--models", default=d.models, help="directory or URL with one SCRFD and one ArcFace .onnx")
     g.add_argument("--det-stride", type=int, default=d.det_stride)
@@ -28,6 +29,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-gap-seconds", type=float, default=d.max_gap_seconds)
     g.add_argument("--min-track-seconds", type=float, default=d.min_track_seconds)
     g.add_argument("--quality-mad-k", type=float, default=d.quality_mad_k)
+    g.add_argument("--crops", default=d.crops, choices=CROP_MODES,
+                   help="aligned face crops (JPEG) stored per track: none, an even sample of "
+                        "--crops-per-track plus the tracklet seeds, or all")
+    g.add_argument("--crops-per-track", type=int, default=d.crops_per_track)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +84,8 @@ def config_from(args) -> HarvestConfig:
                          det_size=args.det_size, det_threshold=args.det_threshold,
                          min_face_size=args.min_face_size, shot_threshold=args.shot_threshold,
                          iou_threshold=args.iou_threshold, max_gap_seconds=args.max_gap_seconds,
-                         min_track_seconds=args.min_track_seconds, quality_mad_k=args.quality_mad_k)
+                         min_track_seconds=args.min_track_seconds, quality_mad_k=args.quality_mad_k,
+                         crops=args.crops, crops_per_track=args.crops_per_track)
 
 
 def options_from(args) -> RunOptions:

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from harvest.schema import PIPELINE_VERSION
+from harvest.schema import CROP_MODES, PIPELINE_VERSION
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,18 @@ class HarvestConfig:
     max_gap_seconds: float = 0.5     # longest gap inside a track
     min_track_seconds: float = 1.0   # shorter tracks are kept but is_valid=false (paper: 1 s)
     quality_mad_k: float = 2.7       # tracks with quality < mean - k*MAD are invalid
+    crops: str = "sample"            # face crops in the shard: none | sample | all
+    crops_per_track: int = 16        # sample: evenly spread crops per track (+ tracklet seeds)
 
     def __post_init__(self):
         from harvest.faces.registry import validate_name
         validate_name(self.backend)
         if self.det_stride < 1:
             raise ValueError("det_stride must be >= 1")
+        if self.crops not in CROP_MODES:
+            raise ValueError(f"crops must be one of {CROP_MODES}, got {self.crops!r}")
+        if self.crops_per_track < 0:
+            raise ValueError("crops_per_track must be >= 0")
 
     def content_hash(self, resolved_backend: str, model_digest: str = "") -> str:
         """Hash of everything that shapes a shard: this config, the backend actually used,

@@ -7,7 +7,9 @@ a track that closes gets its tracklets, mean and quality at once and its row goe
 spill file (``harvest.shard.SpillWriter``), leaving only a small summary in memory. At the end,
 validity, cannot-link and hard negatives are decided from the summaries, and
 ``harvest.shard.write_shard_file`` writes the shard from the spill. Memory stays flat in the
-title's length: the open tracks' faces, one spill batch, and (T, D) track means.
+title's length: the open tracks' faces, one spill batch, and (T, D) track means. Face crops
+(``HarvestConfig.crops``) are JPEG-encoded in the detect stage, right after alignment; an open
+track holds its faces' JPEG bytes and keeps the ones its crops mode selects when it closes.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from harvest.miners import mine_tracklets, nearest_cannot_linked, valid_links
 from harvest.miners.base import l2_normalize
 from harvest.quality import blur_score, face_quality, face_size, mad_outliers, track_quality
 from harvest.schema import N_TRACKLETS
-from harvest.shard import SpillWriter, TitleColumns, TrackRow, write_shard_file
+from harvest.shard import SpillWriter, TitleColumns, TrackRow, encode_crops, write_shard_file
 from harvest.shots import ShotDetector
 from harvest.stages import StageTimes, run_chain
 from harvest.tracking import Track, TrackLinker
@@ -50,12 +52,14 @@ class DetectedFrame:
     pts: float
     dets: Detections
     crops: np.ndarray          # (n, S, S, 3) uint8 aligned faces
+    jpeg: list | None = None   # n JPEG encodings of the crops (None: crops not stored)
 
 
 @dataclass(frozen=True)
 class FaceBatch:
     """Faces with features, columnar, in frame order. F faces: frame_idx (F,), shot (F,),
-    pts (F,) s, boxes (F, 4), kps (F, 5, 2), scores (F,), blur (F,), emb (F, D)."""
+    pts (F,) s, boxes (F, 4), kps (F, 5, 2), scores (F,), blur (F,), emb (F, D), and jpeg:
+    F JPEG-encoded aligned crops, or None when no crops are stored."""
     frame_idx: np.ndarray
     shot: np.ndarray
     pts: np.ndarray
@@ -64,6 +68,7 @@ class FaceBatch:
     scores: np.ndarray
     blur: np.ndarray
     emb: np.ndarray
+    jpeg: list | None = None
 
 
 @dataclass
@@ -76,6 +81,7 @@ class TitleTracks:
     n_faces: np.ndarray        # (T,)
     quality: np.ndarray        # (T,)
     scratch: tempfile.TemporaryDirectory = field(repr=False)
+    crop_bytes: np.ndarray | None = None   # (T,) JPEG bytes stored per track
 
     def __len__(self) -> int:
         return len(self.n_faces)
@@ -95,7 +101,8 @@ class TitleTracks:
     def write_shard(self, title_id: str, meta: dict) -> str:
         """Write the final shard to a local file in the scratch directory; return its path."""
         path = os.path.join(self.scratch.name, "shard.parquet")
-        write_shard_file(self.spill, self.title, title_id, meta, path, self.n_faces)
+        write_shard_file(self.spill, self.title, title_id, meta, path, self.n_faces,
+                         crop_bytes=self.crop_bytes)
         return path
 
     def close(self) -> None:
@@ -134,7 +141,10 @@ def decode_stage(reader: ChunkedVideoReader, shots: ShotDetector, fps: float, on
     return stage
 
 
-def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: float):
+def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: float,
+                 encode: bool = False):
+    """Detect and align; with ``encode`` the aligned crops are JPEG-encoded here, while they are
+    in memory (an open track then holds ~4 KB per face for its crops, not S*S*3 bytes)."""
     def stage(chunks: Iterator) -> Iterator:
         for chunk in chunks:
             picks = [i for i in range(len(chunk.frames)) if (chunk.start + i) % stride == 0]
@@ -144,8 +154,10 @@ def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: f
                 for i, frame, dets in zip(idx, frames, backend.detect(frames)):
                     dets = dets.keep(face_size(dets.boxes) >= min_face_size)
                     if len(dets):
+                        crops = backend.align(frame, dets)
                         yield DetectedFrame(chunk.start + i, int(chunk.shot[i]),
-                                            float(chunk.pts[i]), dets, backend.align(frame, dets))
+                                            float(chunk.pts[i]), dets, crops,
+                                            encode_crops(crops) if encode else None)
     return stage
 
 
@@ -161,7 +173,8 @@ def embed_stage(backend: FaceBackend, batch: int):
             np.concatenate([d.dets.boxes for d in pending]),
             np.concatenate([d.dets.kps for d in pending]),
             np.concatenate([d.dets.scores for d in pending]),
-            blur_score(crops), emb)
+            blur_score(crops), emb,
+            None if pending[0].jpeg is None else [j for d in pending for j in d.jpeg])
 
     def stage(detected: Iterator) -> Iterator:
         pending, n = [], 0
@@ -188,21 +201,37 @@ class _Summary:
     mean: np.ndarray           # (D,) unit norm
     anchor: np.ndarray         # (D,) anchor tracklet, or the mean without tracklets
     partners: set              # track ids sharing a frame
+    crop_bytes: int
 
 
-def close_track(track: Track) -> TrackRow:
+def crop_positions(n_faces: int, mode: str, per_track: int, seeds=()) -> np.ndarray:
+    """Positions of the faces whose crops a track of ``n_faces`` keeps, ascending: none; all;
+    or sample = ``per_track`` positions spread evenly (first and last included) plus ``seeds``."""
+    if mode == "none":
+        return np.zeros(0, np.int32)
+    if mode == "all" or n_faces <= per_track:
+        return np.arange(n_faces, dtype=np.int32)
+    even = np.floor(np.linspace(0, n_faces - 1, per_track) + 0.5).astype(np.int64)
+    return np.union1d(even, np.asarray(seeds, np.int64)).astype(np.int32)
+
+
+def close_track(track: Track, crops: str = "none", crops_per_track: int = 0) -> TrackRow:
     """A closed track (payloads: per-face tuples from ``TitleTracker.add``) -> its row, with the
-    hard-positive tracklets, mean embedding and quality."""
+    hard-positive tracklets, mean embedding, quality and the crops that ``crops`` keeps."""
     f = list(zip(*track.faces))
     boxes = np.stack(f[2])
     emb = np.stack(f[6])
     blur, scores = np.array(f[5]), np.array(f[4])
     size = face_size(boxes)
+    tracklets = mine_tracklets(emb, N_TRACKLETS)
+    jpeg = f[7]
+    pos = (crop_positions(len(emb), crops, crops_per_track, tracklets.seeds)
+           if jpeg[0] is not None else np.zeros(0, np.int32))
     return TrackRow(
         track.track_id, track.shot, np.array(f[0], np.int64), np.array(f[1], np.float64), boxes,
         np.stack(f[3]).reshape(-1, 10), scores, size, blur, emb,
-        l2_normalize(emb.mean(axis=0)[None])[0], mine_tracklets(emb, N_TRACKLETS),
-        track_quality(face_quality(scores, size, blur)))
+        l2_normalize(emb.mean(axis=0)[None])[0], tracklets,
+        track_quality(face_quality(scores, size, blur)), [jpeg[i] for i in pos], pos)
 
 
 class TitleTracker:
@@ -220,23 +249,24 @@ class TitleTracker:
         """One batch, frame order, later frames than the previous batch; a frame's faces are
         never split across batches (the embed stage flushes whole frames)."""
         f = faces.frame_idx
+        jpeg = faces.jpeg if faces.jpeg is not None else [None] * len(f)
         starts = np.flatnonzero(np.r_[True, np.diff(f) != 0]) if len(f) else []
         for s, e in zip(starts, list(starts[1:]) + [len(f)]):
             payloads = [(int(f[i]), float(faces.pts[i]), faces.boxes[i].copy(),
-                         faces.kps[i].copy(), faces.scores[i], faces.blur[i], faces.emb[i].copy())
-                        for i in range(s, e)]
+                         faces.kps[i].copy(), faces.scores[i], faces.blur[i], faces.emb[i].copy(),
+                         jpeg[i]) for i in range(s, e)]
             for track in self.linker.push(int(f[s]), int(faces.shot[s]), faces.boxes[s:e],
                                           payloads):
                 self._close(track)
 
     def _close(self, track: Track) -> None:
-        row = close_track(track)
+        row = close_track(track, self.config.crops, self.config.crops_per_track)
         tl = row.tracklets
         self.summaries[track.track_id] = _Summary(
             row.shot_id, len(row.frame_idx), row.track_quality,
             float(row.frame_idx[-1] - row.frame_idx[0] + self.config.det_stride),
             row.mean_embedding, tl.vectors[0] if tl.vectors is not None else row.mean_embedding,
-            track.partners)
+            track.partners, row.crop_bytes)
         self.spill.add(row)
 
     def finish(self) -> TitleTracks:
@@ -263,7 +293,8 @@ class TitleTracker:
         self.summaries = {}
         return TitleTracks(self.spill, TitleColumns(valid, reasons, links, hard_neg),
                            np.array([x.shot for x in s], np.int32),
-                           np.array([x.n_faces for x in s], np.int64), quality, self.scratch)
+                           np.array([x.n_faces for x in s], np.int64), quality, self.scratch,
+                           np.array([x.crop_bytes for x in s], np.int64))
 
     def close(self) -> None:
         """Drop everything (after a failure)."""
@@ -286,7 +317,7 @@ def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
         try:
             stages = [("decode", decode_stage(reader, shots, fps, on_progress)),
                       ("detect", detect_stage(backend, config.det_stride, options.det_batch,
-                                              config.min_face_size)),
+                                              config.min_face_size, config.crops != "none")),
                       ("embed", embed_stage(backend, options.embed_batch))]
             for batch in run_chain([None], stages, threaded=options.pipelined, times=times):
                 t1 = time.perf_counter()

@@ -17,8 +17,16 @@ Shapes (N = faces in the track, D = embedding dimension of the backend):
     mean_embedding   fixed_size_list<f32,D>      (D,)   unit norm
     tracklets        fixed_size_list<fixed_size_list<f32,D>,3>, nullable: anchor, p1, p2 (unit norm)
     tracklet_members list<list<int32>>           3 lists of positions into the track's faces
+    crops            list<binary>                (C,)   aligned S x S RGB face crops, JPEG
+                                                        (quality JPEG_QUALITY; S = crop_size)
+    crop_positions   list<int32>                 (C,)   positions into the track's faces, ascending
     cannot_link      list<int64>                 track_ids of the same title sharing a frame
     hard_negative    int64, nullable             a track_id inside cannot_link
+
+Face crops live in the track's own row (not a side file), so a title stays one atomically
+written shard. Which faces have a crop is the ``crops`` mode (file metadata, CROP_METADATA):
+``none`` C = 0; ``all`` C = N; ``sample`` up to ``crops_per_track`` faces spread evenly over the
+track plus the seed face of each tracklet (anchor a, p1, p2), so C <= crops_per_track + 3.
 
 Row order: rows are written in ascending ``track_id``; track ids are 0..T-1 in order of the
 tracks' first face (frame, then detection order inside the frame), so the same video and config
@@ -32,8 +40,10 @@ from typing import Any
 
 import pyarrow as pa
 
-PIPELINE_VERSION = "1.1.0"
+PIPELINE_VERSION = "1.2.0"
 N_TRACKLETS = 3
+CROP_MODES = ("none", "sample", "all")
+JPEG_QUALITY = 90      # of the stored face crops
 METADATA_KEY = b"harvest"
 
 # Keys of the JSON object stored under METADATA_KEY in each shard's file metadata.
@@ -42,6 +52,8 @@ METADATA_FIELDS = (
     "detector_file", "detector_sha256", "embedder_file", "embedder_sha256",
     "embedding_dim", "pipeline_version", "config_hash", "shot_boundaries",
 )
+# Optional keys (written by harvest run) that tell ``harvest validate`` which crops to expect.
+CROP_METADATA = ("crops", "crops_per_track", "crop_size")
 
 
 def _vec(dim: int) -> pa.DataType:
@@ -66,6 +78,8 @@ def shard_schema(dim: int) -> pa.Schema:
         pa.field("mean_embedding", _vec(dim), nullable=False),
         pa.field("tracklets", pa.list_(_vec(dim), N_TRACKLETS), nullable=True),
         pa.field("tracklet_members", pa.list_(pa.list_(pa.int32())), nullable=False),
+        pa.field("crops", pa.list_(pa.binary()), nullable=False),
+        pa.field("crop_positions", pa.list_(pa.int32()), nullable=False),
         pa.field("cannot_link", pa.list_(pa.int64()), nullable=False),
         pa.field("hard_negative", pa.int64(), nullable=True),
         pa.field("track_quality", pa.float32(), nullable=False),
@@ -91,6 +105,9 @@ COLUMN_DESCRIPTIONS = {
     "mean_embedding": "unit-norm mean of the track's embeddings",
     "tracklets": "anchor, p1, p2 hard-positive tracklet means (unit norm); null when N < 3",
     "tracklet_members": "positions (into the track's faces) of the faces of each tracklet",
+    "crops": "aligned S x S RGB face crops as JPEG bytes (S = crop_size in metadata, 112 for "
+             "ArcFace); which faces: the crops mode in metadata",
+    "crop_positions": "position (into the track's faces) of each crop, ascending",
     "cannot_link": "track_ids of valid tracks of the title that share a frame with this one",
     "hard_negative": "the cannot-linked track whose mean is nearest the anchor tracklet",
     "track_quality": "median over faces of score x size factor x sharpness factor",

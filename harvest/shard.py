@@ -12,6 +12,7 @@ Memory: one spill batch plus a few spill row groups, whatever the title's length
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harvest.miners import Tracklets
-from harvest.schema import (N_TRACKLETS, PIPELINE_VERSION, TITLE_COLUMNS, shard_schema,
-                            with_metadata)
+from harvest.schema import (JPEG_QUALITY, N_TRACKLETS, PIPELINE_VERSION, TITLE_COLUMNS,
+                            shard_schema, with_metadata)
 
 FLUSH_BYTES = 8 << 20   # uncompressed bytes per row group (spill and final shard)
 _CACHED_GROUPS = 4      # spill row groups kept while reordering to track_id order
@@ -43,10 +44,40 @@ class TrackRow:
     mean_embedding: np.ndarray  # (D,)
     tracklets: Tracklets
     track_quality: float
+    crops: list = dataclasses.field(default_factory=list)   # C JPEG byte strings
+    crop_positions: np.ndarray = dataclasses.field(         # (C,) ascending face positions
+        default_factory=lambda: np.zeros(0, np.int32))
 
     @property
     def nbytes(self) -> int:
-        return int(sum(getattr(self, f).nbytes for f in _PER_FACE)) + self.mean_embedding.nbytes * 4
+        return (int(sum(getattr(self, f).nbytes for f in _PER_FACE))
+                + self.mean_embedding.nbytes * 4 + self.crop_bytes)
+
+    @property
+    def crop_bytes(self) -> int:
+        return sum(map(len, self.crops))
+
+
+def encode_crops(crops: np.ndarray) -> list[bytes]:
+    """(n, S, S, 3) uint8 RGB aligned faces -> n JPEG byte strings (quality JPEG_QUALITY)."""
+    import cv2
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    out = []
+    for crop in crops:
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(crop[..., ::-1]), params)
+        if not ok:
+            raise ValueError("JPEG encoding of a face crop failed")
+        out.append(buf.tobytes())
+    return out
+
+
+def decode_crop(data: bytes) -> np.ndarray | None:
+    """JPEG bytes of a stored crop -> (S, S, 3) uint8 RGB, or None when undecodable."""
+    import cv2
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None or img.ndim != 3 or img.shape[2] != 3:
+        return None
+    return img[..., ::-1]
 
 
 _PER_FACE = ("frame_idx", "timestamps", "boxes", "landmarks", "det_score", "face_size", "blur",
@@ -93,6 +124,9 @@ def track_table(rows: list[TrackRow], dim: int) -> pa.Table:
             _fixed(vectors.reshape(-1, dim), dim), N_TRACKLETS, mask=pa.array(nulls, pa.bool_())),
         "tracklet_members": pa.array([r.tracklets.members for r in rows],
                                      pa.list_(pa.list_(pa.int32()))),
+        "crops": pa.array([r.crops for r in rows], pa.list_(pa.binary())),
+        "crop_positions": pa.array([np.asarray(r.crop_positions, np.int32) for r in rows],
+                                   pa.list_(pa.int32())),
         "track_quality": pa.array([r.track_quality for r in rows], pa.float32()),
     }
     return pa.table([columns[f.name] for f in schema], schema=schema)
@@ -141,9 +175,11 @@ class TitleColumns:
 
 
 def write_shard_file(spill: SpillWriter, title: TitleColumns, title_id: str, meta: dict,
-                     out_path: str, n_faces: np.ndarray, flush_bytes: int | None = None) -> None:
+                     out_path: str, n_faces: np.ndarray, flush_bytes: int | None = None,
+                     crop_bytes: np.ndarray | None = None) -> None:
     """Second pass: the spill (closed) plus the title columns -> the final shard at the local
-    ``out_path``, rows in track_id order. ``n_faces`` (T,) sizes the output row groups."""
+    ``out_path``, rows in track_id order. ``n_faces`` (T,) and ``crop_bytes`` (T,) (JPEG bytes
+    of each track) size the output row groups."""
     dim = spill.dim
     flush_bytes = FLUSH_BYTES if flush_bytes is None else flush_bytes
     schema = with_metadata(shard_schema(dim), {**meta, "title_id": title_id,
@@ -168,6 +204,7 @@ def write_shard_file(spill: SpillWriter, title: TitleColumns, title_id: str, met
             stop, size = start, 0
             while stop < T and (stop == start or size < flush_bytes):
                 size += int(n_faces[stop]) * face_bytes
+                size += 0 if crop_bytes is None else int(crop_bytes[stop])
                 stop += 1
             ids = np.arange(start, stop)
             loc = np.array([spill.location[int(t)] for t in ids], np.int64).reshape(-1, 2)

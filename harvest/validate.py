@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 
 from harvest import schema as S
 from harvest import storage
+from harvest.miners.hard_positive import tracklet_seeds
+from harvest.shard import decode_crop
 
 UNIT_TOL = 1e-3
 PER_FACE = ("frame_idx", "timestamps", "boxes", "landmarks", "det_score", "face_size", "blur", "embeddings")
@@ -227,6 +229,8 @@ def validate_table(table: pa.Table, meta: dict | None = None,
             out.append(f"tracklets are not the normalised means of their tracklet_members in "
                        f"{_ids(tid[has_tl][~ok])}")
 
+    out += _crop_violations(table, tid, n_faces, meta, emb, starts, has_tl, members_ok)
+
     # Minimum length of valid tracks.
     valid = _col(table, "is_valid").to_numpy(zero_copy_only=False)
     first, last = np.zeros(len(tid), np.int64), np.full(len(tid), -1, np.int64)
@@ -243,6 +247,57 @@ def validate_table(table: pa.Table, meta: dict | None = None,
                        f"(stride tolerance {meta['det_stride']}): {_ids(tid, bad)}")
 
     out += _cannot_link_violations(table, tid, valid, shot_id, frames, starts, first, last)
+    return out
+
+
+def _crop_violations(table, tid, n_faces, meta, emb, starts, has_tl, members_ok) -> list[str]:
+    """crops / crop_positions: as many crops as positions, positions strictly increasing in
+    [0, n_faces), every crop a decodable S x S RGB JPEG; and what the metadata's crops mode
+    promises (none: no crops; all: every face; sample: <= crops_per_track + 3 crops including
+    each tracklet's seed face)."""
+    out: list[str] = []
+    crops, positions = _col(table, "crops"), _col(table, "crop_positions")
+    n_crops = pc.list_value_length(crops).to_numpy(zero_copy_only=False)
+    bad = n_crops != pc.list_value_length(positions).to_numpy(zero_copy_only=False)
+    if bad.any():
+        return [f"crops: len(crops) != len(crop_positions) in {_ids(tid, bad)}"]
+    pos, row = _flat(positions)
+    pos, row = pos.astype(np.int64), row.astype(np.int64)
+    bad = (pos < 0) | (pos >= n_faces[row])
+    if bad.any():
+        out.append(f"crop_positions outside [0, n_faces) in {_ids(tid[row[bad]])}")
+    bad = (row[1:] == row[:-1]) & (np.diff(pos) <= 0)
+    if bad.any():
+        out.append(f"crop_positions not strictly increasing in {_ids(tid[row[1:][bad]])}")
+    size = meta.get("crop_size")
+    data, drow = _flat(crops)
+    bad = np.zeros(len(data), bool)
+    for i, blob in enumerate(data):
+        img = decode_crop(blob)
+        bad[i] = img is None or img.shape[0] != img.shape[1] or (
+            size is not None and img.shape[:2] != (size, size))
+    if bad.any():
+        out.append(f"crops: not a decodable {size or 'S'}x{size or 'S'} 3-channel JPEG in "
+                   f"{_ids(tid[drow[bad]])}")
+    mode = meta.get("crops")
+    if mode == "none" and (n_crops > 0).any():
+        out.append(f"crops mode none but crops stored in {_ids(tid, n_crops > 0)}")
+    elif mode == "all" and (bad := n_crops != n_faces).any():
+        out.append(f"crops mode all but not every face has a crop in {_ids(tid, bad)}")
+    elif mode == "sample" and meta.get("crops_per_track") is not None:
+        limit = int(meta["crops_per_track"]) + S.N_TRACKLETS
+        if (bad := n_crops > limit).any():
+            out.append(f"crops mode sample: more than {limit} crops in {_ids(tid, bad)}")
+        if members_ok:      # seeds re-derived from the stored embeddings and members
+            members, missing = _col(table, "tracklet_members"), []
+            cstart = np.r_[0, np.cumsum(n_crops)]
+            for r in np.flatnonzero(has_tl):
+                seeds = tracklet_seeds(emb[starts[r]:starts[r + 1]], members[int(r)].as_py())
+                if not set(seeds) <= set(pos[cstart[r]:cstart[r + 1]].tolist()):
+                    missing.append(r)
+            if missing:
+                out.append(f"crops mode sample: a tracklet seed face has no crop in "
+                           f"{_ids(tid[missing])}")
     return out
 
 

@@ -88,6 +88,8 @@ class TitleWorker:
             "embedder_file": files["embedder"].name, "embedder_sha256": files["embedder"].sha256,
             "config_hash": self.config_hash, "shot_boundaries": result.shot_boundaries,
             "min_track_seconds": self.config.min_track_seconds, "det_stride": self.config.det_stride,
+            "crops": self.config.crops, "crops_per_track": self.config.crops_per_track,
+            "crop_size": self.backend.crop_size,
         }
 
     def process(self, source: Source) -> dict:

@@ -23,6 +23,7 @@ def _table(title_id="t1", n_tracks=2):
              "frame_idx": [i], "timestamps": [i / 25], "boxes": [[0, 0, 1, 1]], "landmarks": [[0.0] * 10],
              "det_score": [1.0], "face_size": [1.0], "blur": [1.0], "embeddings": [v],
              "mean_embedding": v, "tracklets": None, "tracklet_members": [],
+             "crops": [], "crop_positions": [],
              "cannot_link": [], "hard_negative": None, "track_quality": 1.0,
              "is_valid": False, "invalid_reason": "short"} for i in range(n_tracks)]
     return pa.Table.from_pylist(rows, schema=schema)

@@ -123,6 +123,8 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int,
         "tracklets": pa.FixedSizeListArray.from_arrays(
             _fsl(tracklets.reshape(-1, d), d), N_TRACKLETS, mask=pa.array(~has_tl)),
         "tracklet_members": pa.array(members, pa.list_(pa.list_(pa.int32()))),
+        "crops": pa.array([[]] * n, pa.list_(pa.binary())),          # synthetic: no images
+        "crop_positions": pa.array([[]] * n, pa.list_(pa.int32())),
         "cannot_link": pa.array(cannot, pa.list_(pa.int64())),
         "hard_negative": pa.array(hard, pa.int64()),
         "track_quality": pa.array(np.ones(n, np.float32)),

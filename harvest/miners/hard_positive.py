@@ -12,7 +12,7 @@ order, stable sort for the nearest k).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,7 @@ _SLACK = 1e-3
 class Tracklets:
     vectors: np.ndarray | None    # (n, D) unit-norm, or None when the track has < n faces
     members: list                 # n lists of face positions (ascending), or []
+    seeds: list = field(default_factory=list)   # the face each tracklet is built around, or []
 
 
 def distance_row(emb: np.ndarray, i: int) -> np.ndarray:
@@ -58,6 +59,16 @@ def farthest_pair(emb: np.ndarray, block: int = BLOCK_ROWS) -> tuple[int, int, n
     return a, p1, row_a
 
 
+def _seed(i: int, a: int, p1: int, dist_a: np.ndarray, pool: np.ndarray) -> int:
+    """The face tracklet ``i`` grows from: a, then p1 (if still free), then the free face
+    farthest from a."""
+    if i == 0:
+        return a
+    if i == 1 and pool[p1]:
+        return p1
+    return int(np.flatnonzero(pool)[np.argmax(dist_a[pool])])
+
+
 def mine_tracklets(emb: np.ndarray, n: int = 3) -> Tracklets:
     """emb (N, D) unit-norm faces of one track -> n tracklets."""
     N = len(emb)
@@ -66,21 +77,31 @@ def mine_tracklets(emb: np.ndarray, n: int = 3) -> Tracklets:
     k = N // n
     a, p1, dist_a = farthest_pair(emb)
     pool = np.ones(N, bool)
-    members = []
+    members, seeds = [], []
     for seed_i in range(n):
-        if seed_i == 0:
-            seed = a
-        elif seed_i == 1 and pool[p1]:
-            seed = p1
-        else:
-            seed = int(np.flatnonzero(pool)[np.argmax(dist_a[pool])])
+        seed = _seed(seed_i, a, p1, dist_a, pool)
         row = dist_a if seed == a else distance_row(emb, seed)
         cand = np.flatnonzero(pool)
         take = cand[np.argsort(row[cand], kind="stable")[:k]]
         pool[take] = False
         members.append(sorted(int(i) for i in take))
+        seeds.append(seed)
     vectors = l2_normalize(np.stack([emb[m].mean(axis=0) for m in members]))
-    return Tracklets(vectors, members)
+    return Tracklets(vectors, members, seeds)
+
+
+def tracklet_seeds(emb: np.ndarray, members: list) -> list[int]:
+    """The seeds of tracklets already mined (``members``) from ``emb``, without re-growing
+    them: the same rule as ``mine_tracklets`` (used by ``harvest validate``)."""
+    if not members:
+        return []
+    a, p1, dist_a = farthest_pair(emb)
+    pool = np.ones(len(emb), bool)
+    seeds = []
+    for i, m in enumerate(members):
+        seeds.append(_seed(i, a, p1, dist_a, pool))
+        pool[m] = False
+    return seeds
 
 
 class HardPositiveMiner(BaseMiner):
