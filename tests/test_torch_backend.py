@@ -1,4 +1,4 @@
-"""The torch backend (ONNX converted with onnx2torch, device-agnostic) against the onnxruntime
+"""The torch backend (ONNX run as torch modules by harvest.faces.onnx_torch, device-agnostic) against the onnxruntime
 backend on real frames: same detections, same embeddings, same tracks. Runs on CPU here; on a GPU
 node the same code runs on CUDA in fp16."""
 from __future__ import annotations
@@ -11,7 +11,30 @@ from harvest.config import HarvestConfig
 from harvest.faces.registry import load_backend, resolve
 from harvest.tracking import iou_matrix
 
-pytest.importorskip("onnx2torch")
+
+
+def test_onnx_module_matches_onnxruntime_on_every_shared_model():
+    """harvest.faces.onnx_torch runs each shared ONNX file like onnxruntime (random inputs)."""
+    import onnxruntime
+    import torch
+    from conftest import SHARED
+    from harvest.faces.onnx_torch import OnnxModule
+    rng = np.random.default_rng(0)
+    for path, shape in ((FACE_PACK / "scrfd_2.5g_bnkps.onnx", (2, 3, 384, 640)),
+                        (FACE_PACK / "mobilefacenet_128.onnx", (8, 3, 112, 112)),
+                        (SHARED / "models" / "scrfd_500m_bnkps.onnx", (1, 3, 640, 640))):
+        sess = onnxruntime.InferenceSession(need(path), providers=["CPUExecutionProvider"])
+        x = rng.standard_normal(shape).astype(np.float32)
+        ref = sess.run(None, {sess.get_inputs()[0].name: x})
+        module = OnnxModule(str(path)).eval()
+        assert any(p.requires_grad for p in module.parameters())          # trainable weights
+        with torch.no_grad():
+            got = module(torch.from_numpy(x))
+        got = got if isinstance(got, list) else [got]
+        assert len(got) == len(ref)
+        for r, g in zip(ref, got):
+            assert r.shape == tuple(g.shape)
+            np.testing.assert_allclose(g.numpy(), r, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

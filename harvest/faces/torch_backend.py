@@ -1,5 +1,5 @@
 """torch backend: the same SCRFD + ArcFace-format ONNX pair as ``insightface``, run as torch
-modules converted once from the ONNX files (onnx2torch), device-agnostic.
+modules built from the ONNX files (``harvest.faces.onnx_torch``), device-agnostic.
 
 On a GPU everything after the upload runs on the device: resize + pad + normalise, the batched
 networks in fp16, SCRFD box/keypoint decoding, the score cut and NMS, and the 5-point alignment
@@ -31,9 +31,8 @@ def _device(use_gpu: bool):
 
 def convert_onnx(path: str):
     """ONNX file -> torch module in eval mode (the one place the conversion happens)."""
-    import onnx
-    from onnx2torch import convert
-    return convert(onnx.load(path)).eval()
+    from harvest.faces.onnx_torch import OnnxModule
+    return OnnxModule(path).eval()
 
 
 class TorchFaceBackend(FaceBackend):
@@ -55,7 +54,7 @@ class TorchFaceBackend(FaceBackend):
         checked first, so a CPU worker never imports torch just to find out (torch alone adds
         ~0.7 GB to a worker's RSS)."""
         import importlib.util
-        if not model_dir or importlib.util.find_spec("onnx2torch") is None:
+        if not model_dir or importlib.util.find_spec("onnx") is None:
             return False
         if not os.path.exists("/dev/nvidiactl") or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
             return False

@@ -1,0 +1,207 @@
+"""Run an ONNX face model as a torch module: the one place where ONNX files become torch.
+
+``OnnxModule(path)`` reads the graph with ``onnx`` and executes its nodes in order with torch
+operations; float initializers become ``nn.Parameter`` s, so the module is trainable (a
+recogniser can be fine-tuned) and moves with ``.to(device, dtype)`` like any module. Only the
+operators that SCRFD detectors and ArcFace-format recognisers use are implemented (a missing one
+raises at load time, naming it). Outputs match onnxruntime to ~1e-5 (tests/test_torch_backend.py).
+
+A small interpreter instead of onnx2torch: onnx2torch imports torchvision, whose registry wheels
+are built for CUDA torch and do not import beside the CPU torch build that CI installs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _attrs(node) -> dict:
+    import onnx
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _ints(t) -> list[int]:
+    return [int(v) for v in torch.as_tensor(t).reshape(-1).tolist()]
+
+
+def _conv(a, x, w, b=None):
+    pads = a.get("pads", [0] * 4)
+    k = len(pads) // 2
+    if pads[:k] != pads[k:]:
+        x = F.pad(x, [p for i in reversed(range(k)) for p in (pads[i], pads[i + k])])
+        pads = [0] * len(pads)
+    return F.conv2d(x, w, b, stride=a.get("strides", 1), padding=pads[:k],
+                    dilation=a.get("dilations", 1), groups=a.get("group", 1))
+
+
+def _pool(kind):
+    def run(a, x):
+        pads = a.get("pads", [0, 0, 0, 0])
+        if pads[:2] != pads[2:]:
+            raise NotImplementedError("asymmetric pooling pads")
+        args = dict(kernel_size=a["kernel_shape"], stride=a.get("strides", a["kernel_shape"]),
+                    padding=pads[:2], ceil_mode=bool(a.get("ceil_mode", 0)))
+        if kind == "max":
+            return F.max_pool2d(x, **args)
+        return F.avg_pool2d(x, count_include_pad=bool(a.get("count_include_pad", 0)), **args)
+    return run
+
+
+def _resize(a, x, roi=None, scales=None, sizes=None):
+    mode = a.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    if sizes is not None and sizes.numel():
+        size = _ints(sizes)[2:]
+    else:
+        s = torch.as_tensor(scales).reshape(-1).tolist()[2:]
+        size = [int(math.floor(d * f)) for d, f in zip(x.shape[2:], s)]
+    if mode == "nearest":
+        if ctm != "asymmetric" or a.get("nearest_mode", b"round_prefer_floor") not in (b"floor", "floor"):
+            raise NotImplementedError(f"Resize nearest with {ctm}")
+        return F.interpolate(x, size=size, mode="nearest")
+    if mode == "linear":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=ctm == "align_corners")
+    raise NotImplementedError(f"Resize mode {mode}")
+
+
+def _reshape(a, x, shape):
+    dims = _ints(shape)
+    dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+def _slice(a, x, starts, ends, axes=None, steps=None):
+    starts, ends = _ints(starts), _ints(ends)
+    axes = _ints(axes) if axes is not None else list(range(len(starts)))
+    steps = _ints(steps) if steps is not None else [1] * len(starts)
+    idx = [slice(None)] * x.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        n = x.shape[ax]
+        idx[ax] = slice(max(-n, min(s, n)), max(-n - 1, min(e, n)), st)
+    return x[tuple(idx)]
+
+
+def _gemm(a, x, w, b=None):
+    if a.get("transA", 0):
+        x = x.t()
+    w = w.t() if a.get("transB", 0) else w
+    y = a.get("alpha", 1.0) * (x @ w)
+    return y if b is None else y + a.get("beta", 1.0) * b
+
+
+def _bn(a, x, scale, bias, mean, var):
+    return F.batch_norm(x, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
+
+
+def _prelu(a, x, slope):
+    if slope.dim() > 1:                       # (C, 1, 1) in ONNX; F.prelu wants (C,)
+        return torch.where(x >= 0, x, x * slope)
+    return F.prelu(x, slope)
+
+
+def _unsqueeze(a, x, axes=None):
+    for ax in sorted(a["axes"] if axes is None else _ints(axes)):
+        x = x.unsqueeze(ax)
+    return x
+
+
+OPS = {
+    "Conv": _conv,
+    "Relu": lambda a, x: F.relu(x),
+    "Sigmoid": lambda a, x: torch.sigmoid(x),
+    "LeakyRelu": lambda a, x: F.leaky_relu(x, a.get("alpha", 0.01)),
+    "PRelu": _prelu,
+    "Clip": lambda a, x, lo=None, hi=None: torch.clamp(
+        x, min=float(lo) if lo is not None else a.get("min"),
+        max=float(hi) if hi is not None else a.get("max")),
+    "Add": lambda a, x, y: x + y,
+    "Sub": lambda a, x, y: x - y,
+    "Mul": lambda a, x, y: x * y,
+    "Div": lambda a, x, y: x / y,
+    "MaxPool": _pool("max"),
+    "AveragePool": _pool("avg"),
+    "GlobalAveragePool": lambda a, x: x.mean(dim=(2, 3), keepdim=True),
+    "BatchNormalization": _bn,
+    "Flatten": lambda a, x: x.flatten(a.get("axis", 1)),
+    "Gemm": _gemm,
+    "MatMul": lambda a, x, y: x @ y,
+    "Transpose": lambda a, x: x.permute(*a["perm"]),
+    "Reshape": _reshape,
+    "Concat": lambda a, *xs: torch.cat([t.to(xs[0].dtype) for t in xs], dim=a["axis"]),
+    "Shape": lambda a, x: torch.tensor(x.shape, dtype=torch.int64),
+    "Gather": lambda a, x, i: torch.index_select(x, a.get("axis", 0), i.reshape(-1).long()).reshape(
+        x.shape[:a.get("axis", 0)] + i.shape + x.shape[a.get("axis", 0) + 1:]),
+    "Unsqueeze": _unsqueeze,
+    "Slice": _slice,
+    "Resize": _resize,
+    "Upsample": lambda a, x, scales: _resize({**a, "coordinate_transformation_mode": "asymmetric",
+                                              "nearest_mode": "floor"}, x, None, scales),
+    "Identity": lambda a, x: x,
+    "Dropout": lambda a, x, *rest: x,
+}
+
+
+class OnnxModule(nn.Module):
+    """An ONNX graph as a torch module (float initializers are trainable parameters)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(path)
+        graph = model.graph
+        self.params = nn.ParameterDict()
+        self._keys: dict[str, str] = {}
+        consts: dict[str, torch.Tensor] = {}
+        for init in graph.initializer:
+            arr = numpy_helper.to_array(init)
+            self._add_tensor(init.name, arr, consts)
+        self.nodes = []
+        for node in graph.node:
+            if node.op_type == "Constant":
+                self._add_tensor(node.output[0], numpy_helper.to_array(_attrs(node)["value"]), consts)
+                continue
+            if node.op_type not in OPS:
+                raise NotImplementedError(f"{path}: ONNX operator {node.op_type} is not supported")
+            self.nodes.append((node.op_type, list(node.input), list(node.output), _attrs(node)))
+        for k, v in consts.items():
+            self.register_buffer(self._key(k), v, persistent=True)
+        init_names = {i.name for i in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in init_names]
+        self.output_names = [o.name for o in graph.output]
+
+    def _key(self, name: str) -> str:
+        if name not in self._keys:
+            self._keys[name] = f"t{len(self._keys)}"
+        return self._keys[name]
+
+    def _add_tensor(self, name: str, arr: np.ndarray, consts: dict) -> None:
+        t = torch.from_numpy(np.array(arr, copy=True))
+        if t.is_floating_point() and t.numel() > 1:
+            self.params[self._key(name)] = nn.Parameter(t)
+        else:
+            consts[name] = t            # shapes, axes, scalars: buffers, never trained
+
+    def _tensor(self, name: str, env: dict):
+        if name in env:
+            return env[name]
+        key = self._keys[name]
+        return self.params[key] if key in self.params else getattr(self, key)
+
+    def forward(self, *inputs):
+        env = dict(zip(self.input_names, inputs))
+        for op, ins, outs, attrs in self.nodes:
+            args = [self._tensor(i, env) if i else None for i in ins]
+            while args and args[-1] is None:
+                args.pop()
+            out = OPS[op](attrs, *args)
+            env[outs[0]] = out
+        res = [env[n] for n in self.output_names]
+        return res[0] if len(res) == 1 else res
