@@ -225,9 +225,16 @@ def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
     from harvest.config import HarvestConfig
     from harvest.pipeline import FaceBatch, TitleTracker
     from harvest.validate import validate_table
+    from harvest.pipeline import crop_positions
+    from harvest.shard import encode_crops
     bounds, faces = synthetic_faces(seed)
-    config, fps = HarvestConfig(min_track_seconds=0.4, quality_mad_k=1.0), 25.0
+    config, fps = HarvestConfig(min_track_seconds=0.4, quality_mad_k=1.0, crops="sample",
+                                crops_per_track=4), 25.0
     ref = batch_reference(faces, config, fps)
+    ids = np.arange(len(faces["frame_idx"]))   # each face's "crop": 8x8, its id in the pixels
+    faces["jpeg"] = np.array(encode_crops(np.broadcast_to(
+        np.stack([ids % 256, ids // 256, ids * 0], -1)[:, None, None].astype(np.uint8),
+        (len(ids), 8, 8, 3))), dtype=object)
     tracker = TitleTracker(config, fps, 8, str(tmp_path))
     tracker.spill.flush_bytes = 2000                  # many spill row groups
     f = faces["frame_idx"]
@@ -237,7 +244,8 @@ def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
         tracker.add(FaceBatch(**{k: v[a:b] for k, v in faces.items()}))
     meta = dict(title_id="t", source_uri="x", fps=fps, width=640, height=360, frame_count=400,
                 backend="b", detector_file="", detector_sha256="", embedder_file="",
-                embedder_sha256="", config_hash="c", shot_boundaries=bounds)
+                embedder_sha256="", config_hash="c", shot_boundaries=bounds, crops="sample",
+                crops_per_track=4)
     with tracker.finish() as tracks:
         path = tracks.write_shard("t", meta)
         table = pq.read_table(path)
@@ -256,6 +264,13 @@ def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
     assert table.column("tracklet_members").to_pylist() == [t.members for t in ref["tracklets"]]
     np.testing.assert_array_equal(np.stack(table.column("mean_embedding").to_numpy(
         zero_copy_only=False)), ref["means"])
+    # crops: the faces' own JPEGs, at the even sample + tracklet seeds of each track
+    positions = [crop_positions(len(m), "sample", 4, t.seeds).tolist()
+                 for m, t in zip(members, ref["tracklets"])]
+    assert table.column("crop_positions").to_pylist() == positions
+    assert table.column("crops").to_pylist() == [faces["jpeg"][m[p]].tolist()
+                                                 for m, p in zip(members, positions)]
+    assert max(map(len, members)) > 4 + 3 and max(map(len, positions)) > 4
     assert sum(map(len, ref["links"])) > 0 and ref["reasons"].count(None) > 3
     assert validate_table(table) == []
 

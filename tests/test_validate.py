@@ -18,7 +18,13 @@ META = {
     "detector_sha256": "0" * 64, "embedder_file": "emb.onnx", "embedder_sha256": "1" * 64,
     "embedding_dim": D, "pipeline_version": S.PIPELINE_VERSION, "config_hash": "abc",
     "shot_boundaries": [0, 50], "min_track_seconds": 1.0, "det_stride": 1,
+    "crops": "sample", "crops_per_track": 4, "crop_size": 112,
 }
+
+
+def _jpeg(rng, size=112):
+    from harvest.shard import encode_crops
+    return encode_crops(rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8))[0]
 
 
 def _unit(rng, n):
@@ -39,6 +45,10 @@ def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, v
                      for m in members]
     else:
         members, tracklets = [], None
+    from harvest.miners.hard_positive import tracklet_seeds
+    from harvest.pipeline import crop_positions
+    seeds = tracklet_seeds(np.asarray(emb, np.float32), members)
+    positions = crop_positions(n, META["crops"], META["crops_per_track"], seeds).tolist()
     return {
         "title_id": META["title_id"], "track_id": track_id, "shot_id": shot_id, "n_faces": n,
         "frame_idx": list(frames), "timestamps": [f / META["fps"] for f in frames],
@@ -47,6 +57,7 @@ def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, v
         "det_score": [0.9] * n, "face_size": [40.0] * n, "blur": [100.0] * n,
         "embeddings": emb, "mean_embedding": (mean / np.linalg.norm(mean)).tolist(),
         "tracklets": tracklets, "tracklet_members": members,
+        "crops": [_jpeg(rng) for _ in positions], "crop_positions": positions,
         "cannot_link": list(cannot_link), "hard_negative": hard_negative,
         "track_quality": 0.8, "is_valid": valid, "invalid_reason": None if valid else "short",
     }
@@ -106,6 +117,26 @@ def _other_mean(rows):
     rows[0]["mean_embedding"] = rows[1]["mean_embedding"]
 
 
+def _crop_of_size(i, size):
+    def f(rows):
+        rows[i]["crops"][1] = _jpeg(np.random.default_rng(1), size)
+    return f
+
+
+def _drop_seed(rows):   # the anchor seed of track 3 loses its crop
+    from harvest.miners.hard_positive import tracklet_seeds
+    r = rows[2]
+    seed = tracklet_seeds(np.asarray(r["embeddings"], np.float32), r["tracklet_members"])[0]
+    k = r["crop_positions"].index(seed)
+    del r["crop_positions"][k], r["crops"][k]
+
+
+def _too_many_crops(rows):
+    r = rows[2]
+    r["crop_positions"] = list(range(r["n_faces"]))
+    r["crops"] = [r["crops"][0]] * r["n_faces"]
+
+
 CORRUPTIONS = {
     "asymmetric cannot-link": (_set(1, "cannot_link", []), "not symmetric"),
     "hard_negative not in cannot_link": (_set(2, "hard_negative", 1), "hard_negative not in"),
@@ -134,6 +165,18 @@ CORRUPTIONS = {
     "timestamps length": (_set(1, "timestamps", [1.5]), "timestamps: length != n_faces"),
     "tracklet is not its members' mean": (_swap_tracklets, "normalised means of their"),
     "mean_embedding is not the faces' mean": (_other_mean, "normalised mean of the track"),
+    "undecodable crop": (lambda rows: rows[0]["crops"].__setitem__(0, b"not a jpeg"),
+                         "crops: not a decodable 112x112"),
+    "empty crop bytes": (lambda rows: rows[1]["crops"].__setitem__(2, b""), "not a decodable"),
+    "wrong crop size": (_crop_of_size(0, 64), "crops: not a decodable 112x112"),
+    "crop position out of range": (lambda rows: rows[2]["crop_positions"].__setitem__(-1, 12),
+                                   "crop_positions outside [0, n_faces)"),
+    "crop positions unsorted": (lambda rows: rows[0]["crop_positions"].reverse(),
+                                "crop_positions not strictly increasing"),
+    "crops and positions differ in length": (lambda rows: rows[0]["crops"].pop(),
+                                             "len(crops) != len(crop_positions)"),
+    "missing tracklet seed crop": (_drop_seed, "tracklet seed face has no crop"),
+    "too many sampled crops": (_too_many_crops, "more than 7 crops"),
 }
 
 
@@ -162,6 +205,24 @@ def test_short_valid_track_is_reported():
     assert validate_table(_table(rows, meta)) == []
     assert any("shorter than 8 frames" in v
                for v in validate_table(_table(rows, meta), min_track_frames=8))
+
+
+def test_crops_mode_all_and_none():
+    rows = _rows()
+    meta_all, meta_none = dict(META, crops="all"), dict(META, crops="none")
+    assert any("crops mode all but not every face" in v for v in validate_table(_table(rows, meta_all)))
+    assert any("crops mode none but crops stored" in v for v in validate_table(_table(rows, meta_none)))
+    rng = np.random.default_rng(2)
+    for r in rows:
+        r["crop_positions"] = list(range(r["n_faces"]))
+        r["crops"] = [_jpeg(rng) for _ in range(r["n_faces"])]
+    assert validate_table(_table(rows, meta_all)) == []
+    for r in rows:
+        r["crop_positions"], r["crops"] = [], []
+    assert validate_table(_table(rows, meta_none)) == []
+    # without the crop keys in the metadata, only the mode-independent checks apply
+    bare = {k: v for k, v in META.items() if k not in S.CROP_METADATA}
+    assert validate_table(_table(rows, bare)) == []
 
 
 def test_wrong_schema_and_missing_metadata():
