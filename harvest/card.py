@@ -28,9 +28,9 @@ SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"
                    (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"),
                    (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
 # Shard metadata that describes the harvest setup (the rest describes the title's video).
+SETTINGS = tuple(HarvestConfig().settings())
 SETUP_FIELDS = ("config_hash", "pipeline_version", "backend", "detector_file", "detector_sha256",
-                "embedder_file", "embedder_sha256", "embedding_dim", "det_stride",
-                "min_track_seconds")
+                "embedder_file", "embedder_sha256", "embedding_dim") + SETTINGS
 
 
 def size_category(n_rows: int) -> str:
@@ -51,12 +51,12 @@ def model_licence(backend: str, file_name: str) -> str:
 
 
 def default_config_matches(setup: dict) -> bool:
-    """True when the shards' config hash is that of the default HarvestConfig with the recorded
-    backend, model files, det_stride and min_track_seconds (then every value is known)."""
+    """True when the shards' config hash is that of a HarvestConfig with the recorded settings
+    (every setting since pipeline 1.2.0; older shards recorded a few, the rest taken as default),
+    backend and model files: then every value shown is the one used."""
     from harvest.worker import config_hash     # the one hashing rule (loads the pipeline)
     try:
-        config = HarvestConfig(det_stride=setup["det_stride"],
-                               min_track_seconds=setup["min_track_seconds"])
+        config = HarvestConfig(**{k: setup[k] for k in SETTINGS if setup.get(k) is not None})
         files = [SimpleNamespace(sha256=setup["detector_sha256"]),
                  SimpleNamespace(sha256=setup["embedder_sha256"])]
         return config_hash(config, files, setup["backend"])[1] == setup["config_hash"]
@@ -149,7 +149,7 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
         out += [""]
         if default_config_matches(setup):
             fields = [f for f in dataclasses.fields(HarvestConfig) if f.name not in ("backend", "models")]
-            values = {"det_stride": setup["det_stride"], "min_track_seconds": setup["min_track_seconds"]}
+            values = {k: setup[k] for k in SETTINGS if setup.get(k) is not None}
             out += [f"The config hash `{setup['config_hash']}` is that of these settings "
                     "(`harvest/config.py` `HarvestConfig`; checked by recomputing the hash):", ""]
             out += _table(["setting", "value"],

@@ -41,6 +41,11 @@ class HarvestConfig:
         if self.crops_per_track < 0:
             raise ValueError("crops_per_track must be >= 0")
 
+    def settings(self) -> dict:
+        """Every content setting except the backend choice and the model location (those are
+        recorded as the backend used and its files' sha256): written into each shard's metadata."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("backend", "models")}
+
     def content_hash(self, resolved_backend: str, model_digest: str = "") -> str:
         """Hash of everything that shapes a shard: this config, the backend actually used,
         its model files and the pipeline version."""

@@ -87,9 +87,8 @@ class TitleWorker:
             "detector_file": files["detector"].name, "detector_sha256": files["detector"].sha256,
             "embedder_file": files["embedder"].name, "embedder_sha256": files["embedder"].sha256,
             "config_hash": self.config_hash, "shot_boundaries": result.shot_boundaries,
-            "min_track_seconds": self.config.min_track_seconds, "det_stride": self.config.det_stride,
-            "crops": self.config.crops, "crops_per_track": self.config.crops_per_track,
             "crop_size": self.backend.crop_size,
+            **self.config.settings(),        # det_stride, min_track_seconds, crops, ... (all of them)
         }
 
     def process(self, source: Source) -> dict:

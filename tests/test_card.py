@@ -129,20 +129,22 @@ def test_numbers_equal_the_manifest(out, card):
 
 
 def test_config_models_and_licences_come_from_the_shards(out, card):
-    from harvest.card import default_config_matches, model_licence
+    from harvest.card import SETUP_FIELDS, default_config_matches, model_licence
     from harvest.faces.registry import BACKENDS
     _, body = split_card(card)
     metas = [S.read_metadata(pq.read_schema(p))
              for p in sorted(glob.glob(os.path.join(out, "shards", "*.parquet")))]
     assert len({m["config_hash"] for m in metas}) == 1
     meta = metas[0]
-    config = dict(table_rows(section(body, "Harvest configuration"))[:10])
+    config = dict(table_rows(section(body, "Harvest configuration"))[:len(SETUP_FIELDS)])
     for k in ("config_hash", "backend", "detector_sha256", "embedder_sha256", "pipeline_version",
-              "det_stride", "min_track_seconds", "embedding_dim"):
+              "det_stride", "min_track_seconds", "embedding_dim", "crops", "det_size",
+              "shot_threshold", "quality_mad_k"):
         assert config[k] == f"`{meta[k]}`", k
     assert default_config_matches(meta)                # the run used the default settings
     assert "checked by recomputing the hash" in body
     assert not default_config_matches({**meta, "det_stride": 2})
+    assert not default_config_matches({**meta, "crops": "all"})
     assert not default_config_matches({**meta, "embedder_sha256": "0" * 64})
 
     models = {r[2]: r for r in table_rows(section(body, "Model files and licences"))}
