@@ -45,6 +45,27 @@ def _providers(use_gpu: bool) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
+def locate_pack(model_dir: str | None, backend: str) -> list[ModelFile]:
+    """The detector + recogniser files of an SCRFD/ArcFace pack (both ONNX backends use it)."""
+    if not model_dir:
+        raise FileNotFoundError(f"--backend {backend} needs --models DIR (SCRFD + ArcFace .onnx)")
+    det, rec = find_model_pack(model_dir)
+    return [ModelFile("detector", det), ModelFile("embedder", rec)]
+
+
+def detector_input_shape(h: int, w: int, det_size: int,
+                         fixed: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Detector input (height, width) for an h x w frame. SCRFD is fully convolutional: the long
+    side becomes ``det_size`` and the short side the next multiple of the largest stride, so a
+    16:9 frame is not padded to a square (44 % of a 640 x 640 input was padding). Detectors
+    exported with a fixed input shape keep that shape."""
+    if fixed is not None:
+        return fixed
+    m = _STRIDE_MULTIPLE
+    scale = det_size / max(h, w)
+    return (max(m, -(-int(round(h * scale)) // m) * m), max(m, -(-int(round(w * scale)) // m) * m))
+
+
 def _batch_dim_is_free(session) -> bool:
     return not isinstance(session.get_inputs()[0].shape[0], int)
 
@@ -67,10 +88,7 @@ class InsightFaceBackend(FaceBackend):
 
     @classmethod
     def locate(cls, model_dir: str | None) -> list[ModelFile]:
-        if not model_dir:
-            raise FileNotFoundError("--backend insightface needs --models DIR (SCRFD + ArcFace .onnx)")
-        det, rec = find_model_pack(model_dir)
-        return [ModelFile("detector", det), ModelFile("embedder", rec)]
+        return locate_pack(model_dir, cls.name)
 
     @classmethod
     def usable(cls, model_dir: str | None) -> bool:
@@ -117,15 +135,7 @@ class InsightFaceBackend(FaceBackend):
 
     # -- detection -------------------------------------------------------------------------
     def input_shape(self, h: int, w: int) -> tuple[int, int]:
-        """Detector input (height, width) for an h x w frame. SCRFD is fully convolutional: the
-        long side becomes ``det_size`` and the short side the next multiple of the largest
-        stride, so a 16:9 frame is not padded to a square (44 % of a 640 x 640 input was
-        padding). Detectors exported with a fixed input shape keep that shape."""
-        if self._fixed_input is not None:
-            return self._fixed_input
-        s, m = self.det_size, _STRIDE_MULTIPLE
-        scale = s / max(h, w)
-        return (max(m, -(-int(round(h * scale)) // m) * m), max(m, -(-int(round(w * scale)) // m) * m))
+        return detector_input_shape(h, w, self.det_size, self._fixed_input)
 
     def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = frame.shape[:2]

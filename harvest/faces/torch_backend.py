@@ -18,9 +18,9 @@ import numpy as np
 
 from harvest.faces.align import similarity_transforms
 from harvest.faces.base import Detections, FaceBackend, ModelFile
-from harvest.faces.insightface_backend import InsightFaceBackend, find_model_pack
+from harvest.faces.insightface_backend import (InsightFaceBackend, detector_input_shape,
+                                               find_model_pack, locate_pack)
 
-_STRIDE_MULTIPLE = 32
 _MAX_CANDIDATES = 4000      # per image, before NMS (highest scores kept)
 
 
@@ -43,10 +43,7 @@ class TorchFaceBackend(FaceBackend):
 
     @classmethod
     def locate(cls, model_dir: str | None) -> list[ModelFile]:
-        if not model_dir:
-            raise FileNotFoundError("--backend torch needs --models DIR (SCRFD + ArcFace .onnx)")
-        det, rec = find_model_pack(model_dir)
-        return [ModelFile("detector", det), ModelFile("embedder", rec)]
+        return locate_pack(model_dir, cls.name)
 
     @classmethod
     def usable(cls, model_dir: str | None) -> bool:
@@ -114,13 +111,7 @@ class TorchFaceBackend(FaceBackend):
 
     # -- detection ------------------------------------------------------------------------
     def input_shape(self, h: int, w: int) -> tuple[int, int]:
-        """Same rule as the insightface backend: long side ``det_size``, short side rounded up
-        to a multiple of 32 (fixed-shape exports keep their shape)."""
-        if self._fixed_input is not None:
-            return self._fixed_input
-        s, m = self.det_size, _STRIDE_MULTIPLE
-        scale = s / max(h, w)
-        return (max(m, -(-int(round(h * scale)) // m) * m), max(m, -(-int(round(w * scale)) // m) * m))
+        return detector_input_shape(h, w, self.det_size, self._fixed_input)
 
     def _to_device(self, frames) -> "torch.Tensor":
         """list of (H, W, 3) uint8 numpy (or one (N, H, W, 3) uint8 tensor already on the
