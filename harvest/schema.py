@@ -8,10 +8,10 @@ Shapes (N = faces in the track, D = embedding dimension of the backend):
     timestamps       list<float64>               (N,)   presentation time of each face's frame, s
                                                         (non-decreasing; frame_idx / fps when the
                                                         container gives no timestamps)
-    boxes            list<fixed_size_list<f32,4>>  (N, 4) x1, y1, x2, y2 in source pixels
+    boxes            list<fixed_size_list<f32,4>>  (N, 4) x1, y1, x2, y2 in display pixels (see decode.py)
     landmarks        list<fixed_size_list<f32,10>> (N, 10) 5 points (x, y) interleaved
     det_score        list<float32>               (N,)
-    face_size        list<float32>               (N,)   sqrt(box area), source pixels
+    face_size        list<float32>               (N,)   sqrt(box area), display pixels
     blur             list<float32>               (N,)   variance of Laplacian of the aligned crop
     embeddings       list<fixed_size_list<f32,D>>  (N, D) unit norm
     mean_embedding   fixed_size_list<f32,D>      (D,)   unit norm
