@@ -70,9 +70,10 @@ def _batch_dim_is_free(session) -> bool:
     return not isinstance(session.get_inputs()[0].shape[0], int)
 
 
-class InsightFaceBackend(FaceBackend):
-    name = "insightface"
-    auto_priority = 10          # preferred whenever a model pack is found
+class OnnxPackBackend(FaceBackend):
+    """What both ONNX-pack backends (onnxruntime and torch) share: the pack's files and licences,
+    the embedding size and the detector input-shape rule. Subclasses set ``detector_path``,
+    ``embedder_path``, ``_dim`` and ``_fixed_input`` when they load the pack."""
     needs_models = True
     # model file name (fnmatch pattern, first match wins) -> licence of its weights (dataset cards)
     licences = {
@@ -89,6 +90,22 @@ class InsightFaceBackend(FaceBackend):
     @classmethod
     def locate(cls, model_dir: str | None) -> list[ModelFile]:
         return locate_pack(model_dir, cls.name)
+
+    @property
+    def model_files(self) -> list[ModelFile]:
+        return [ModelFile("detector", self.detector_path), ModelFile("embedder", self.embedder_path)]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
+
+    def input_shape(self, h: int, w: int) -> tuple[int, int]:
+        return detector_input_shape(h, w, self.det_size, self._fixed_input)
+
+
+class InsightFaceBackend(OnnxPackBackend):
+    name = "insightface"
+    auto_priority = 10          # preferred whenever a model pack is found
 
     @classmethod
     def usable(cls, model_dir: str | None) -> bool:
@@ -125,18 +142,7 @@ class InsightFaceBackend(FaceBackend):
             self._fixed_input = (int(fixed[0]), int(fixed[1]))
             self.det_size = max(self._fixed_input)
 
-    @property
-    def model_files(self) -> list[ModelFile]:
-        return [ModelFile("detector", self.detector_path), ModelFile("embedder", self.embedder_path)]
-
-    @property
-    def embedding_dim(self) -> int:
-        return self._dim
-
     # -- detection -------------------------------------------------------------------------
-    def input_shape(self, h: int, w: int) -> tuple[int, int]:
-        return detector_input_shape(h, w, self.det_size, self._fixed_input)
-
     def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = frame.shape[:2]
         ih, iw = self.input_shape(h, w)

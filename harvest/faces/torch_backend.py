@@ -17,9 +17,8 @@ import os
 import numpy as np
 
 from harvest.faces.align import similarity_transforms
-from harvest.faces.base import Detections, FaceBackend, ModelFile
-from harvest.faces.insightface_backend import (InsightFaceBackend, detector_input_shape,
-                                               find_model_pack, locate_pack)
+from harvest.faces.base import Detections
+from harvest.faces.insightface_backend import OnnxPackBackend, find_model_pack
 
 _MAX_CANDIDATES = 4000      # per image, before NMS (highest scores kept)
 
@@ -35,15 +34,9 @@ def convert_onnx(path: str):
     return OnnxModule(path).eval()
 
 
-class TorchFaceBackend(FaceBackend):
+class TorchFaceBackend(OnnxPackBackend):
     name = "torch"
     auto_priority = 5           # first choice where a GPU is present (see ``usable``)
-    needs_models = True
-    licences = InsightFaceBackend.licences      # the same ONNX files
-
-    @classmethod
-    def locate(cls, model_dir: str | None) -> list[ModelFile]:
-        return locate_pack(model_dir, cls.name)
 
     @classmethod
     def usable(cls, model_dir: str | None) -> bool:
@@ -101,18 +94,7 @@ class TorchFaceBackend(FaceBackend):
             self._dim = int(self.recognizer(probe).reshape(1, -1).shape[1])
         self._centers: dict = {}
 
-    @property
-    def model_files(self) -> list[ModelFile]:
-        return [ModelFile("detector", self.detector_path), ModelFile("embedder", self.embedder_path)]
-
-    @property
-    def embedding_dim(self) -> int:
-        return self._dim
-
     # -- detection ------------------------------------------------------------------------
-    def input_shape(self, h: int, w: int) -> tuple[int, int]:
-        return detector_input_shape(h, w, self.det_size, self._fixed_input)
-
     def _to_device(self, frames) -> "torch.Tensor":
         """list of (H, W, 3) uint8 numpy (or one (N, H, W, 3) uint8 tensor already on the
         device, e.g. from a GPU decoder) -> (N, 3, H, W) uint8 on the device."""
