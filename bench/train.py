@@ -1,6 +1,6 @@
 """Benchmark: streaming Ray Train epochs on synthetic shard sets of growing size, with the peak RSS
-of the shard writer, the driver and the Train workers (which must not grow with the corpus),
-and clustering time for 1K and 10K tracks per method.
+of the shard writer, the driver and the Train workers (which must not grow with the corpus).
+Clustering time per method at 1K/10K/100K tracks: ``bench/cluster.py``.
 
     python bench/train.py [--tracks 169400 1000000] [--heads bcl imptriplet mvcorr]
                           [--large-heads bcl mvcorr] [--workers 2] [--dim 512] [--workdir DIR]
@@ -100,32 +100,13 @@ def bench(args) -> None:
         print(f"| {tracks:,} | {head} | {sec:.1f} | {n / sec:,.0f} | {drss:.0f} | {wrss:.0f} |")
 
 
-def bench_cluster(sizes, methods, dim) -> None:
-    import numpy as np
-
-    from training import cluster
-    rng = np.random.default_rng(0)
-    for n in sizes:
-        centres = rng.standard_normal((max(n // 20, 2), dim))
-        emb = centres[rng.integers(len(centres), size=n)] + 0.5 * rng.standard_normal((n, dim))
-        for method in methods:
-            t0 = time.perf_counter()
-            if method == "hac-k":
-                cluster.hac_k(emb, len(centres), "average")
-            elif method == "hac-threshold":
-                cluster.hac_threshold(emb, 0.820420, "complete")
-            else:
-                cluster.affinity_propagation(emb)
-            print(f"cluster {method:13s} N={n:6d}: {time.perf_counter() - t0:8.2f}s", flush=True)
-
-
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "write":
         return write_main(argv[1], int(argv[2]), int(argv[3]))
     if argv and argv[0] == "run":
         return run_main(argv[1], argv[2], argv[3], int(argv[4]), "--gpu" in argv)
-    from training import cluster, registry   # imported here: the children's RSS stays their own
+    from training import registry   # imported here: the children's RSS stays their own
     p = argparse.ArgumentParser()
     p.add_argument("--tracks", nargs="+", type=int, default=[169_400, 1_000_000])
     p.add_argument("--dim", type=int, default=512)
@@ -136,13 +117,10 @@ def main(argv=None) -> None:
                    help="heads at the larger sizes")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--gpu", action="store_true")
-    p.add_argument("--cluster-sizes", nargs="*", type=int, default=[1000, 10000])
-    p.add_argument("--methods", nargs="+", default=list(cluster.METHODS))
     p.add_argument("--workdir", help="where shard sets go (default: a new dir under /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the shard sets")
     args = p.parse_args(argv)
     bench(args)
-    bench_cluster(args.cluster_sizes, args.methods, args.dim)
 
 
 if __name__ == "__main__":

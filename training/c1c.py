@@ -101,8 +101,7 @@ def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "eucli
     n = len(x)
     ml, cl = _pairs(must_link, n), _pairs(cannot_link, n)
     cannot = _symmetric(cl, n)
-    kappa, dist = first_neighbours(x, metric, cannot, diag=BIG, big=BIG)
-    if len(ml):
+    if len(ml):         # partition 0 = the must-link components: no point-level 1-NN search
         labels, count = components(n, ml[:, 0], ml[:, 1])
         pairs, times = np.unique(np.sort(ml, axis=1), axis=0, return_counts=True)
         d_ml = rowwise(x, pairs[:, 0], pairs[:, 1], metric, cannot, BIG)
@@ -110,6 +109,7 @@ def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "eucli
         d_ml[pairs[:, 0] == pairs[:, 1]] = 0.0         # a self pair is no edge
         cap = float(d_ml.max())
     else:
+        kappa, dist = first_neighbours(x, metric, cannot, diag=BIG, big=BIG)
         labels, count = first_neighbour_clusters(kappa, dist)
         cap = longest_edge(x, kappa, dist, metric, cannot, BIG, weighted)
     parts, counts = [labels], [count]
