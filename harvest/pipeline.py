@@ -31,7 +31,7 @@ from harvest.schema import N_TRACKLETS
 from harvest.shard import SpillWriter, TitleColumns, TrackRow, encode_crops, write_shard_file
 from harvest.shots import ShotDetector
 from harvest.stages import StageTimes, run_chain
-from harvest.tracking import Track, TrackLinker
+from harvest.tracking import Track, TrackLinker, interpolate_boxes
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,8 @@ def close_track(track: Track, crops: str = "none", crops_per_track: int = 0) -> 
         track.track_id, track.shot, np.array(f[0], np.int64), np.array(f[1], np.float64), boxes,
         np.stack(f[3]).reshape(-1, 10), scores, size, blur, emb,
         l2_normalize(emb.mean(axis=0)[None])[0], tracklets,
-        track_quality(face_quality(scores, size, blur)), [jpeg[i] for i in pos], pos)
+        track_quality(face_quality(scores, size, blur)), [jpeg[i] for i in pos], pos,
+        *interpolate_boxes(f[0], boxes))
 
 
 class TitleTracker:

@@ -9,6 +9,10 @@ Shapes (N = faces in the track, D = embedding dimension of the backend):
                                                         (non-decreasing; frame_idx / fps when the
                                                         container gives no timestamps)
     boxes            list<fixed_size_list<f32,4>>  (N, 4) x1, y1, x2, y2 in display pixels (see decode.py)
+    interp_frame_idx list<int32>                 (M,)   the frames of the track's span with no detection
+                                                        (M = last - first + 1 - N), increasing
+    interp_boxes     list<fixed_size_list<f32,4>>  (M, 4) their boxes, linearly interpolated between
+                                                        the detections around each gap
     landmarks        list<fixed_size_list<f32,10>> (N, 10) 5 points (x, y) interleaved
     det_score        list<float32>               (N,)
     face_size        list<float32>               (N,)   sqrt(box area), display pixels
@@ -40,7 +44,7 @@ from typing import Any
 
 import pyarrow as pa
 
-PIPELINE_VERSION = "1.2.0"
+PIPELINE_VERSION = "1.3.0"
 N_TRACKLETS = 3
 CROP_MODES = ("none", "sample", "all")
 JPEG_QUALITY = 90      # of the stored face crops
@@ -70,6 +74,8 @@ def shard_schema(dim: int) -> pa.Schema:
         pa.field("frame_idx", pa.list_(pa.int32()), nullable=False),
         pa.field("timestamps", pa.list_(pa.float64()), nullable=False),
         pa.field("boxes", pa.list_(_vec(4)), nullable=False),
+        pa.field("interp_frame_idx", pa.list_(pa.int32()), nullable=False),
+        pa.field("interp_boxes", pa.list_(_vec(4)), nullable=False),
         pa.field("landmarks", pa.list_(_vec(10)), nullable=False),
         pa.field("det_score", pa.list_(pa.float32()), nullable=False),
         pa.field("face_size", pa.list_(pa.float32()), nullable=False),
@@ -97,6 +103,9 @@ COLUMN_DESCRIPTIONS = {
     "frame_idx": "frame number of each face, strictly increasing, in [0, frames decoded)",
     "timestamps": "presentation time of each face's frame, seconds",
     "boxes": "x1, y1, x2, y2 of each face in display pixels",
+    "interp_frame_idx": "frames inside the track's span where no face was detected (detection "
+                        "stride or a miss): frame_idx + interp_frame_idx = every frame of the span",
+    "interp_boxes": "box on each interp_frame_idx frame, interpolated linearly (not detected)",
     "landmarks": "5 points per face (eyes, nose, mouth corners), x/y interleaved",
     "det_score": "detector score of each face, in [0, 1]",
     "face_size": "sqrt(box area) of each face, pixels",

@@ -47,10 +47,14 @@ class TrackRow:
     crops: list = dataclasses.field(default_factory=list)   # C JPEG byte strings
     crop_positions: np.ndarray = dataclasses.field(         # (C,) ascending face positions
         default_factory=lambda: np.zeros(0, np.int32))
+    interp_frame_idx: np.ndarray = dataclasses.field(       # (M,) undetected frames of the span
+        default_factory=lambda: np.zeros(0, np.int64))
+    interp_boxes: np.ndarray = dataclasses.field(           # (M, 4) their interpolated boxes
+        default_factory=lambda: np.zeros((0, 4), np.float32))
 
     @property
     def nbytes(self) -> int:
-        return (int(sum(getattr(self, f).nbytes for f in _PER_FACE))
+        return (int(sum(getattr(self, f).nbytes for f in _PER_FACE + _INTERP))
                 + self.mean_embedding.nbytes * 4 + self.crop_bytes)
 
     @property
@@ -82,6 +86,7 @@ def decode_crop(data: bytes) -> np.ndarray | None:
 
 _PER_FACE = ("frame_idx", "timestamps", "boxes", "landmarks", "det_score", "face_size", "blur",
              "embeddings")
+_INTERP = ("interp_frame_idx", "interp_boxes")
 _TYPES = {"frame_idx": np.int32, "timestamps": np.float64}
 
 
@@ -101,7 +106,7 @@ def _ragged(parts: list, field: pa.Field) -> pa.Array:
     value_type = field.type.value_type
     flat = np.concatenate(parts)
     if pa.types.is_fixed_size_list(value_type):
-        inner = _fixed(flat.reshape(len(flat), -1), value_type.list_size)
+        inner = _fixed(flat.reshape(len(flat), value_type.list_size), value_type.list_size)
     else:
         inner = pa.array(flat.astype(value_type.to_pandas_dtype()), value_type)
     return pa.ListArray.from_arrays(offsets, inner)
@@ -118,7 +123,7 @@ def track_table(rows: list[TrackRow], dim: int) -> pa.Table:
         "shot_id": pa.array([r.shot_id for r in rows], pa.int32()),
         "n_faces": pa.array([len(r.frame_idx) for r in rows], pa.int32()),
         **{name: _ragged([getattr(r, name) for r in rows], schema.field(name))
-           for name in _PER_FACE},
+           for name in _PER_FACE + _INTERP},
         "mean_embedding": _fixed(np.stack([r.mean_embedding for r in rows]), dim),
         "tracklets": pa.FixedSizeListArray.from_arrays(
             _fixed(vectors.reshape(-1, dim), dim), N_TRACKLETS, mask=pa.array(nulls, pa.bool_())),

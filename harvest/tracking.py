@@ -29,6 +29,24 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def interpolate_boxes(frame_idx: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frames inside a track's span that have no detection (not run through the detector at
+    ``det_stride`` > 1, or missed by it) and their boxes, linearly interpolated between the two
+    detections around each gap: ``(frames (M,) int64, boxes (M, 4) float32)``, M = span - N.
+    O(span) time and memory."""
+    f = np.asarray(frame_idx, np.int64)
+    gaps = np.diff(f) - 1
+    if len(f) < 2 or not (gaps > 0).any():
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
+    gaps = np.maximum(gaps, 0)
+    left = np.repeat(np.arange(len(gaps)), gaps)                     # detection before the gap
+    step = np.arange(len(left)) - np.repeat(np.cumsum(gaps) - gaps, gaps) + 1   # 1..gap
+    frames = f[left] + step
+    w = (step / (gaps[left] + 1))[:, None]
+    b = np.asarray(boxes, np.float64)
+    return frames, ((1 - w) * b[left] + w * b[left + 1]).astype(np.float32)
+
+
 @dataclass
 class Track:
     """One track. ``track_id`` counts tracks in opening order (first frame, then the face's

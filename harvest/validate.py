@@ -46,6 +46,42 @@ def _vectors(arr: pa.Array, dim: int) -> np.ndarray:
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
+def _interp_violations(table: pa.Table, tid: np.ndarray, frames: np.ndarray, row: np.ndarray,
+                       n_faces: np.ndarray) -> list[str]:
+    """``interp_frame_idx`` + ``frame_idx`` cover every frame of each track's span exactly once
+    (interpolated frames strictly inside the span, none detected), with one finite box each."""
+    interp = _col(table, "interp_frame_idx")
+    lengths = pc.list_value_length(interp).to_numpy(zero_copy_only=False).astype(np.int64)
+    box_len = pc.list_value_length(_col(table, "interp_boxes")).to_numpy(zero_copy_only=False)
+    if (box_len != lengths).any():
+        return [f"interp_boxes: length != interp_frame_idx in {_ids(tid, box_len != lengths)}"]
+    first = np.full(len(tid), np.iinfo(np.int64).max)
+    last = np.full(len(tid), -1, np.int64)
+    np.minimum.at(first, row, frames)
+    np.maximum.at(last, row, frames)
+    out = []
+    bad = n_faces + lengths != last - first + 1
+    if bad.any():
+        out.append(f"frame_idx + interp_frame_idx do not count every frame of the span in "
+                   f"{_ids(tid, bad)}")
+    i_frames, i_row = _flat(interp)
+    i_frames, i_row = i_frames.astype(np.int64), i_row.astype(np.int64)
+    keys = np.r_[row.astype(np.int64) * (1 << 32) + frames, i_row * (1 << 32) + i_frames]
+    bad = (i_frames <= first[i_row]) | (i_frames >= last[i_row])
+    if bad.any() or len(np.unique(keys)) != len(keys):
+        out.append(f"interp_frame_idx outside the span or on a detected frame in "
+                   f"{_ids(tid[i_row[bad]]) if bad.any() else 'some track(s)'}")
+    same = i_row[1:] == i_row[:-1]
+    if (same & (np.diff(i_frames) <= 0)).any():
+        out.append(f"interp_frame_idx not strictly increasing in "
+                   f"{_ids(tid[i_row[1:][same & (np.diff(i_frames) <= 0)]])}")
+    boxes = _vectors(pc.list_flatten(_col(table, "interp_boxes")), 4)
+    ok = np.isfinite(boxes).all(1) & (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
+    if not ok.all():
+        out.append(f"interp_boxes not finite with x1<x2, y1<y2 in {_ids(tid[i_row[~ok]])}")
+    return out
+
+
 def _schema_violations(table: pa.Table) -> tuple[list[str], int | None]:
     """Schema violations and D (None when the columns cannot be trusted for further checks)."""
     names = table.schema.names
@@ -151,6 +187,7 @@ def validate_table(table: pa.Table, meta: dict | None = None,
     ok = np.isfinite(boxes).all(1) & (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
     if not ok.all():
         out.append(f"boxes not finite with x1<x2, y1<y2 in {_ids(tid[row[~ok]])}")
+    out += _interp_violations(table, tid, frames, row, n_faces)
     for name in ("landmarks", "det_score", "face_size", "blur"):
         values = pc.list_flatten(_col(table, name))
         values = _vectors(values, 10) if name == "landmarks" else values.to_numpy()[:, None]

@@ -66,7 +66,7 @@ def test_all_stores_every_face_as_its_realigned_crop(shards, backend):
     from harvest.shard import decode_crop
     from harvest.validate import validate_table
     table, meta = shards["all"]
-    assert read_metadata(table.schema)["pipeline_version"] == PIPELINE_VERSION == "1.2.0"
+    assert read_metadata(table.schema)["pipeline_version"] == PIPELINE_VERSION == "1.3.0"
     assert validate_table(table) == []
     n_faces = table.column("n_faces").to_pylist()
     positions = table.column("crop_positions").to_pylist()
@@ -159,3 +159,24 @@ def test_crops_options_are_part_of_the_config_hash():
         HarvestConfig(crops="some")
     with pytest.raises(SystemExit):
         parse(["run", "--input", "x", "--output", "y", "--crops", "some"])
+
+
+def test_undetected_frames_of_a_track_get_interpolated_boxes(shards):
+    """At stride 3 the frames between two detections are stored as interpolated boxes: detected +
+    interpolated frames are every frame of the track's span, and each interpolated box lies
+    between the two detections around it (the shard validates)."""
+    from harvest.validate import validate_table
+    table, _ = shards["none"]
+    assert validate_table(table) == []
+    rows = table.select(["frame_idx", "boxes", "interp_frame_idx", "interp_boxes"]).to_pylist()
+    n_interp = 0
+    for r in rows:
+        f, b = np.array(r["frame_idx"]), np.array(r["boxes"])
+        fi, bi = np.array(r["interp_frame_idx"], np.int64), np.array(r["interp_boxes"]).reshape(-1, 4)
+        assert sorted(np.r_[f, fi].tolist()) == list(range(f[0], f[-1] + 1))
+        assert (f % STRIDE == 0).all()          # only every STRIDE-th frame is detected
+        right = np.searchsorted(f, fi)
+        lo, hi = np.minimum(b[right - 1], b[right]), np.maximum(b[right - 1], b[right])
+        assert ((bi >= lo - 1e-3) & (bi <= hi + 1e-3)).all()
+        n_interp += len(fi)
+    assert n_interp >= (STRIDE - 1) * sum(len(r["frame_idx"]) - 1 for r in rows)

@@ -20,7 +20,8 @@ def _table(title_id="t1", n_tracks=2):
     schema = S.with_metadata(S.shard_schema(D), meta)
     v = [1.0, 0.0, 0.0, 0.0]
     rows = [{"title_id": title_id, "track_id": i, "shot_id": 0, "n_faces": 1,
-             "frame_idx": [i], "timestamps": [i / 25], "boxes": [[0, 0, 1, 1]], "landmarks": [[0.0] * 10],
+             "frame_idx": [i], "timestamps": [i / 25], "boxes": [[0, 0, 1, 1]],
+             "interp_frame_idx": [], "interp_boxes": [], "landmarks": [[0.0] * 10],
              "det_score": [1.0], "face_size": [1.0], "blur": [1.0], "embeddings": [v],
              "mean_embedding": v, "tracklets": None, "tracklet_members": [],
              "crops": [], "crop_positions": [],

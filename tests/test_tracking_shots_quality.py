@@ -324,3 +324,20 @@ def test_harvest_title_leaves_no_scratch_files(tmp_path):
         harvest_title(video, backend, config,
                       RunOptions(scratch_dir=str(scratch), chunk_frames=4))
     assert len(calls) == 3 and not list(scratch.iterdir())
+
+
+def test_interpolate_boxes_matches_a_per_frame_loop():
+    from harvest.tracking import interpolate_boxes
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        frames = np.cumsum(rng.integers(1, 6, rng.integers(1, 30))) + int(rng.integers(0, 100))
+        boxes = rng.uniform(0, 100, (len(frames), 4))
+        got_f, got_b = interpolate_boxes(frames, boxes)
+        want_f, want_b = [], []
+        for i in range(len(frames) - 1):
+            for g in range(frames[i] + 1, frames[i + 1]):
+                w = (g - frames[i]) / (frames[i + 1] - frames[i])
+                want_f.append(g)
+                want_b.append((1 - w) * boxes[i] + w * boxes[i + 1])
+        assert got_f.tolist() == want_f
+        np.testing.assert_allclose(got_b, np.reshape(want_b, (-1, 4)), rtol=1e-5, atol=1e-4)

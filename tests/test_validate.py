@@ -49,10 +49,14 @@ def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, v
     from harvest.pipeline import crop_positions
     seeds = tracklet_seeds(np.asarray(emb, np.float32), members)
     positions = crop_positions(n, META["crops"], META["crops_per_track"], seeds).tolist()
+    from harvest.tracking import interpolate_boxes
+    boxes = [[10 + i, 20, 50 + i, 70] for i in x.tolist()]
+    interp_frames, interp_boxes = interpolate_boxes(np.asarray(frames), np.asarray(boxes))
     return {
         "title_id": META["title_id"], "track_id": track_id, "shot_id": shot_id, "n_faces": n,
         "frame_idx": list(frames), "timestamps": [f / META["fps"] for f in frames],
-        "boxes": [[10 + i, 20, 50 + i, 70] for i in x.tolist()],
+        "boxes": boxes, "interp_frame_idx": interp_frames.tolist(),
+        "interp_boxes": interp_boxes.tolist(),
         "landmarks": [[1.0] * 10 for _ in range(n)],
         "det_score": [0.9] * n, "face_size": [40.0] * n, "blur": [100.0] * n,
         "embeddings": emb, "mean_embedding": (mean / np.linalg.norm(mean)).tolist(),
@@ -68,7 +72,7 @@ def _rows():
     return [
         _track(rng, 1, 0, range(10, 20), cannot_link=[2], hard_negative=2),
         _track(rng, 2, 0, range(15, 25), cannot_link=[1], hard_negative=1),
-        _track(rng, 3, 1, range(60, 72)),
+        _track(rng, 3, 1, range(60, 84, 2)),       # detected every 2nd frame: 11 interpolated
         _track(rng, 4, 1, [80, 81], valid=False),
     ]
 
@@ -137,6 +141,11 @@ def _too_many_crops(rows):
     r["crops"] = [r["crops"][0]] * r["n_faces"]
 
 
+def _drop_interp(rows):
+    rows[2]["interp_frame_idx"].pop()
+    rows[2]["interp_boxes"].pop()
+
+
 CORRUPTIONS = {
     "asymmetric cannot-link": (_set(1, "cannot_link", []), "not symmetric"),
     "hard_negative not in cannot_link": (_set(2, "hard_negative", 1), "hard_negative not in"),
@@ -177,6 +186,13 @@ CORRUPTIONS = {
                                              "len(crops) != len(crop_positions)"),
     "missing tracklet seed crop": (_drop_seed, "tracklet seed face has no crop"),
     "too many sampled crops": (_too_many_crops, "more than 7 crops"),
+    "interpolated frame on a detected frame": (
+        lambda rows: rows[2]["interp_frame_idx"].__setitem__(0, 60), "on a detected frame"),
+    "interpolated frames missing": (_drop_interp, "do not count every frame of the span"),
+    "interp_boxes length": (lambda rows: rows[2]["interp_boxes"].pop(),
+                            "interp_boxes: length != interp_frame_idx"),
+    "bad interpolated box": (lambda rows: rows[2]["interp_boxes"].__setitem__(0, [5, 5, 1, 1]),
+                             "interp_boxes not finite"),
 }
 
 

@@ -114,6 +114,7 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int,
         "frame_idx": face_lists(pa.array(frames, pa.int32())),
         "timestamps": face_lists(pa.array(frames / FPS, pa.float64())),
         "boxes": face_lists(_fsl(boxes, 4)),
+        **_interpolated(frames, boxes, face_off),
         "landmarks": face_lists(_fsl(np.zeros((nf, 10), np.float32), 10)),
         "det_score": face_lists(pa.array(np.full(nf, 0.9, np.float32))),
         "face_size": face_lists(pa.array(np.full(nf, BOX_W, np.float32))),
@@ -146,6 +147,18 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int,
     box_rows = [(f"{title_id}.mp4", int(frames[f]), *map(float, boxes[f]), names[ident[face_track[f]]])
                 for f in range(nf)]
     return table, track_rows, box_rows
+
+
+def _interpolated(frames: np.ndarray, boxes: np.ndarray, face_off: np.ndarray) -> dict:
+    """The ``interp_frame_idx`` / ``interp_boxes`` columns of tracks whose faces are
+    ``frames[face_off[t]:face_off[t + 1]]`` (the harvest's own interpolation)."""
+    from harvest.tracking import interpolate_boxes
+    parts = [interpolate_boxes(frames[a:b], boxes[a:b]) for a, b in zip(face_off[:-1], face_off[1:])]
+    offsets = pa.array(np.r_[0, np.cumsum([len(f) for f, _ in parts])].astype(np.int32))
+    flat_f = np.concatenate([f for f, _ in parts]) if parts else np.zeros(0, np.int64)
+    flat_b = np.concatenate([b for _, b in parts]) if parts else np.zeros((0, 4), np.float32)
+    return {"interp_frame_idx": pa.ListArray.from_arrays(offsets, pa.array(flat_f, pa.int32())),
+            "interp_boxes": pa.ListArray.from_arrays(offsets, _fsl(flat_b.reshape(-1, 4), 4))}
 
 
 def write_dataset(out_dir: str, n_titles: int, spec: SyntheticSpec = SyntheticSpec(),
