@@ -122,6 +122,7 @@ register("bcl", HeadSpec(
     batch_loss=bcl_head.batch_loss, samples=data.CLUSTERS,
     defaults=HParams(lr=3e-3, batch_size=2000, lr_step_epochs=10, lr_step_gamma=0.9,
                      radius_freeze_epochs=2, radius_lr_mult=0.1),
+    model_kwargs=dict(input_norm=True),     # unit-norm shard embeddings (heads/bcl.py)
     loss_kwargs=dict(init_bias=0.1, alpha_pos=4.0, alpha_neg=1.0, eps=0.05),
     stop_rule=lambda loss: (loss.hac_threshold(), "complete")))     # 4b, methods.md 1.5
 SIAMESE = HParams(lr=1e-3, batch_size=128, weight_decay=5e-4, max_epochs=15)
