@@ -1,4 +1,4 @@
-"""`harvest run | inspect | validate | sample | card` — the command data teams run.
+"""`harvest run | inspect | validate | sample | card | report` — the command data teams run.
 
 Exit codes of `harvest run`: 0 every title done; 1 some titles failed (see the manifest; the
 others are done); 2 bad usage or an unreadable --input (nothing harvested).
@@ -76,6 +76,10 @@ def parse(argv=None) -> argparse.Namespace:
     card.add_argument("--license", default="other", help="Hub licence id of the dataset")
     card.add_argument("--pretty-name", default=None)
     card.add_argument("--contact", default=None, help="who takes removal requests")
+    report = sub.add_parser("report", help="write a static HTML report (tracks, crops, shots)")
+    report.add_argument("url")
+    report.add_argument("--out", required=True, help="directory or URL of the report")
+    report.add_argument("--tracks-per-page", type=int, default=200)
     return ap.parse_args(argv)
 
 
@@ -176,6 +180,9 @@ def main(argv=None) -> int:
         from harvest.card import card_main
         return card_main(args.url, args.out, license=args.license, pretty_name=args.pretty_name,
                          contact=args.contact)
+    if args.command == "report":
+        from harvest.html_report import report_main
+        return report_main(args.url, args.out, tracks_per_page=args.tracks_per_page)
     return EXIT_USAGE
 
 

@@ -58,11 +58,13 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
+                 fsync: bool = True) -> None:
     """Write ``data`` at ``path``: readers see either the old content or all of ``data``.
 
     Local-like file systems: temporary name in the same directory, then ``fs.mv`` (a rename);
-    the temporary is removed on failure. Object stores: one PUT, which is atomic.
+    the temporary is removed on failure. Object stores: one PUT, which is atomic. ``fsync=False``
+    skips the flush to disk (many small derived files, e.g. a report's thumbnails).
     """
     if _is_object_store(fs):
         fs.pipe_file(path, data)
@@ -76,7 +78,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             fileno = getattr(f, "fileno", None)
-            if fileno is not None:
+            if fsync and fileno is not None:
                 try:
                     os.fsync(fileno())
                 except (OSError, ValueError, AttributeError, NotImplementedError):

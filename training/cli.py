@@ -98,11 +98,12 @@ def evaluate_main(argv=None) -> int:
     p.add_argument("--val-titles", nargs="+",
                    help="titles that set the hac-threshold cut (default: leave-one-title-out)")
     p.add_argument("--json", help="write {'results': [...]} here")
+    p.add_argument("--report", help="directory/URL: HTML galleries of the predicted clusters")
     args = p.parse_args(argv)
     from training.evaluate import evaluate, format_table, write_json
     records = evaluate(args.shards, args.titles, args.labels, head=args.head, methods=args.method,
                        linkage=args.linkage, val_titles=args.val_titles,
-                       cannot_link=args.cannot_link, known_k=args.known_k)
+                       cannot_link=args.cannot_link, known_k=args.known_k, report=args.report)
     print(format_table(records))
     if args.json:
         write_json(records, args.json)
@@ -124,6 +125,7 @@ def cluster_main(argv=None) -> int:
     p.add_argument("--titles", nargs="+", help="only these titles (title_id or file name)")
     p.add_argument("--cannot-link", action="store_true",
                    help="hac-threshold never joins two tracks that share a frame")
+    p.add_argument("--report", help="directory/URL: HTML galleries of each title's clusters")
     args = p.parse_args(argv)
     from training.cluster_titles import make_config, run
     try:
@@ -135,4 +137,7 @@ def cluster_main(argv=None) -> int:
     results = run(args.shards, args.output, args.head, args.method, args.titles, args.cannot_link)
     n = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"cluster: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed -> {args.output}")
+    if args.report:
+        from training.cluster_titles import write_report
+        print(f"report: {write_report(args.shards, args.output, args.report, args.titles)}")
     return 1 if n["failed"] else 0

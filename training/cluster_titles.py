@@ -145,6 +145,26 @@ def cluster_one(info: dict, output: str, cfg: dict) -> dict:
                 n_clusters=meta["n_clusters"], seconds=time.perf_counter() - t0)
 
 
+def write_report(shards: str, output: str, report: str, titles=None) -> str:
+    """HTML galleries (``harvest.html_report.cluster_report``) of the titles of ``shards`` that
+    have an output file; -> URL of the report's index.html."""
+    from harvest.html_report import cluster_report
+    infos = resolve_titles(shard_info(shards), titles) if titles else shard_info(shards)
+    items = []
+    for info in infos:
+        meta = read_meta(output_path(output, info["title_id"]))
+        if meta is None:
+            continue
+        fs, p = open_fs(output_path(output, info["title_id"]))
+        with fs.open(p, "rb") as f:
+            t = pq.read_table(f)
+        items.append(dict(title=info["title_id"], path=info["path"],
+                          method=meta["config"]["method"],
+                          track_ids=t["track_id"].to_numpy(), cluster_id=t["cluster_id"].to_numpy(),
+                          confidence=t["confidence"].to_numpy()))
+    return cluster_report(report, items)
+
+
 def run(shards: str, output: str, head: str | None = None, method: str = DEFAULT_METHOD,
         titles=None, cannot_link: bool = False, log=print) -> list[dict]:
     """Cluster every title of ``shards`` (or ``titles``: ids or file names), one Ray task each;

@@ -45,7 +45,7 @@ def load_title(info: dict, labels, key: str, model=None, min_iou: float = 0.5,
     keep = np.array([w is not None for w in who], bool)
     tracks = tracks.subset(keep)
     emb = embed_tracks(model, tracks) if model is not None else embed(tracks.means)
-    return dict(title=info["title_id"], tracks=tracks, emb=emb,
+    return dict(title=info["title_id"], path=info["path"], tracks=tracks, emb=emb,
                 identity=np.array([w for w in who if w is not None], dtype=object),
                 n_unmatched=int((~keep).sum()))
 
@@ -70,14 +70,15 @@ def _threshold_from(titles: list[dict], linkage: str) -> float:
 def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
              methods=DEFAULT_METHODS, linkage: str = "average", val_titles=None,
              min_iou: float = 0.5, cannot_link: bool = False, known_k: bool = False,
-             log=print) -> list[dict]:
+             log=print, report: str | None = None) -> list[dict]:
     """Records ``{"title", "method", "head", <METRIC_KEYS>}`` per title and method, then pooled.
 
     ``methods``: names in :mod:`training.methods`. K (the title's identity count) goes to
     methods that need it, and to those that take it optionally only with ``known_k``;
     ``cannot_link`` turns on cannot-link HAC for the methods that offer it. ``hac-threshold``
     uses the head's own stopping rule (BCL) if it has one, else a height fitted on
-    ``val_titles`` (else leave-one-title-out) to match their identity counts."""
+    ``val_titles`` (else leave-one-title-out) to match their identity counts. ``report``: a
+    directory/URL where the predicted clusters are drawn as galleries (``harvest.html_report``)."""
     from training.train import load_head
 
     methods = [get_method(m) for m in methods]
@@ -92,7 +93,7 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
     val = [load_title(i, labels, k, model, min_iou, rule)
            for i, k in select(infos, labels, val_titles or [])]
     own_cut = spec.stop_rule(loss) if spec and spec.stop_rule else None
-    records = []
+    records, drawn = [], []
     for method in methods:
         preds = []
         for j, t in enumerate(data):
@@ -114,8 +115,13 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
         done = [(t, c) for t, c in zip(data, preds) if c is not None]
         for t, c in done:
             records.append(_record(t["title"], method.name, head_name, [t], [c]))
+            drawn.append(dict(title=t["title"], path=t["path"], method=method.name, pred=c,
+                              track_ids=t["tracks"].track_ids, identity=t["identity"]))
         if done:
             records.append(_record("pooled", method.name, head_name, *map(list, zip(*done))))
+    if report:
+        from harvest.html_report import evaluation_report
+        log(f"report: {evaluation_report(report, drawn, records)}")
     return records
 
 
