@@ -195,15 +195,24 @@ def test_report_reads_and_writes_fsspec_urls(harvested):
         mem.rm("/rep-test", recursive=True)
 
 
-def test_crops_none_harvest_still_gets_a_report(harvested, chrome, tmp_path):
-    from harvest.cli import EXIT_OK, main
+def test_crops_none_harvest_and_a_failed_title_still_get_a_report(harvested, chrome, tmp_path):
+    from harvest.cli import EXIT_TITLES_FAILED, main
     root, _ = harvested
-    none = tmp_path / "none"
-    assert main(["run", "--input", str(root / "videos" / "title_1.mp4"), "--output", str(none),
-                 "--models", need(FACE_PACK), "--crops", "none", "--no-progress",
-                 "--workers", "1"]) == EXIT_OK
+    videos, none = tmp_path / "videos", tmp_path / "none"
+    videos.mkdir()
+    shutil.copy(root / "videos" / "title_1.mp4", videos / "title_1.mp4")
+    (videos / "broken.mp4").write_bytes(b"")                     # a title that fails
+    assert main(["run", "--input", str(videos), "--output", str(none), "--models",
+                 need(FACE_PACK), "--crops", "none", "--no-progress",
+                 "--workers", "1"]) == EXIT_TITLES_FAILED
     out = tmp_path / "report"
     cli("report", str(none), "--out", str(out))
+    failed, = [json.loads(p.read_text()) for p in (none / "manifest").glob("*.json")
+               if json.loads(p.read_text())["status"] == "failed"]
+    index = (out / "index.html").read_text()
+    row = re.search(rf"<tr class='failed'><td class=l>{failed['title_id']}</td>.*?</tr>", index)
+    assert row and "<pre>" in row.group(0) and "empty" in row.group(0)   # its error, no link
+    assert not (out / failed["title_id"]).exists()
     (tid, (ids, n_crops)), = shard_tracks(none).items()
     assert ids and set(n_crops) == {0}
     page = (out / tid / "1.html").read_text()
