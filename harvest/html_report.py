@@ -326,7 +326,7 @@ def title_pages(fs, path: str, record: dict, writer: Writer, tracks_per_page: in
         page_of = {int(t): 1 + i // tracks_per_page for i, t in enumerate(tracks["track_id"])}
         source = posixpath.basename(str(meta.get("source_uri") or record.get("source") or ""))
         facts = [f"source {esc(source)}", f"{meta.get('width')}x{meta.get('height')}",
-                 f"{meta.get('fps', 0):.3f} fps", f"{meta.get('frame_count')} frames",
+                 f"{float(meta.get('fps') or 0):.3f} fps", f"{meta.get('frame_count')} frames",
                  f"{len(meta.get('shot_boundaries') or [])} shots", f"{n} tracks "
                  f"({int(np.sum(tracks['valid'])) if n else 0} valid)",
                  f"backend {esc(str(meta.get('backend')))}",
@@ -381,14 +381,19 @@ def write_report(url: str, out: str, tracks_per_page: int = TRACKS_PER_PAGE, log
     rows, totals = [], Counter()
     for tid in sorted(set(records) | set(shards)):
         rec = records.get(tid, {"title_id": tid, "status": "no manifest record"})
-        info = title_pages(fs, shards[tid], rec, writer, tracks_per_page) if tid in shards else None
-        if info:
-            log(f"harvest report: {tid}: {info['pages']} page(s)")
+        info, unreadable = None, None
+        try:
+            if tid in shards:
+                info = title_pages(fs, shards[tid], rec, writer, tracks_per_page)
+        except Exception as e:  # noqa: BLE001 - one bad shard does not stop the report
+            unreadable = f"shard unreadable: {type(e).__name__}: {e}"
+        log(f"harvest report: {tid}: "
+            + (f"{info['pages']} page(s)" if info else unreadable or "no shard"))
         shots = len(info["meta"].get("shot_boundaries") or []) if info else None
         secs = rec.get("seconds")
         rate = rec.get("frames") / secs if secs and rec.get("frames") else None
         name = (f"<a href='{href(tid, '1.html')}'>{esc(tid)}</a>" if info else esc(tid))
-        err = f"<pre>{esc(str(rec.get('error')))}</pre>" if rec.get("error") else ""
+        err = "".join(f"<pre>{esc(str(e))}</pre>" for e in (rec.get("error"), unreadable) if e)
         cells = [_fmt(rec.get(k)) for k in S.COUNT_FIELDS] + [_fmt(shots), _fmt(secs), _fmt(rate),
                                                               _fmt(info and info["pages"])]
         rows.append(f"<tr class='{esc(str(rec.get('status')))}'><td class=l>{name}</td><td class=l>"

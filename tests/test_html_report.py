@@ -191,6 +191,15 @@ def test_report_reads_and_writes_fsspec_urls(harvested):
             assert check_links(read, exists, f"{tid}/1.html") > 0
         assert check_links(read, exists, "index.html") == len(title_of)
         assert not [p for p in files if "/." in p]                       # no temporary files
+        # fault injection: a truncated shard is named in the index; the other titles go on
+        bad = title_of["title_2.mp4"]
+        path = f"/rep-test/harvest/shards/{bad}.parquet"
+        mem.pipe_file(path, mem.cat_file(path)[:1000])
+        assert main(["report", "memory://rep-test/harvest", "--out", "memory://rep-test/o2"]) == 0
+        index = mem.cat_file("/rep-test/o2/index.html").decode()
+        assert re.search(rf"<tr class='done'><td class=l>{bad}</td>.*shard unreadable", index)
+        assert {mem.exists(f"/rep-test/o2/{t}/1.html") for t in title_of.values() if t != bad} \
+            == {True}
     finally:
         mem.rm("/rep-test", recursive=True)
 
