@@ -18,6 +18,7 @@ from harvest.faces.registry import load_backend, model_files, resolve
 from harvest.faults import maybe_hang
 from harvest.pipeline import harvest_title
 from harvest.schema import PIPELINE_VERSION, STATUS_DONE, STATUS_FAILED
+from harvest.shard import warm_up
 from harvest.sources import Source, staged
 
 
@@ -57,6 +58,7 @@ class TitleWorker:
                                     threads=threads)
         self.backend_name, self.config_hash = config_hash(
             config, self.backend.model_files, self.backend.name)
+        warm_up()       # load the shard writer's libraries now (flat RSS over a title)
 
     def track_progress(self, source: Source):
         """An ``on_progress`` for ``harvest_title`` that keeps ``self.progress`` current (read
