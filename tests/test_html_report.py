@@ -287,3 +287,23 @@ def test_long_strips_keep_the_seeds_and_spread_the_rest():
         assert max(np.diff(shown)) <= 2 * n / (MAX_STRIP - len(keep))     # evenly spread
     grey = thumbnail(b"not a jpeg")                      # an undecodable crop: a marked tile
     assert grey.shape == (THUMB, THUMB, 3) and grey.std() > 0
+
+
+def test_galleries_paginate_without_splitting_a_cluster(tmp_path):
+    from harvest.html_report import MAX_STRIP, Writer, gallery_pages, thumbnail
+    sizes = [3, 1, MAX_STRIP + 6, 2]
+    clusters, start = [], 0
+    for k, n in enumerate(sizes):
+        clusters.append(dict(id=k, label=f"person {k}", info=f"{n} tracks",
+                             tracks=[(t, f"track {t}") for t in range(start, start + n)]))
+        start += n
+    thumbs = {t: thumbnail(None) for t in range(start)}
+    files = gallery_pages(Writer(str(tmp_path)), "T", "c1c", "T", "", clusters, thumbs, 4)
+    assert files == ["c1c.html", "c1c-2.html", "c1c-3.html"]        # [3, 1] [30] [2]
+    pages = [(tmp_path / "T" / f).read_text() for f in files]
+    assert [re.findall(r"class=gallery id=c(\d+)", p) for p in pages] == [["0", "1"], ["2"], ["3"]]
+    assert [len(re.findall(r"<img ", p)) for p in pages] == [2, 2, 1]  # 30 tracks: 2 sprite rows
+    assert sum(len(re.findall(r"title='track \d+'", p)) for p in pages) == start
+    for f in files:
+        check_links(lambda p: (tmp_path / p).read_text() if p.endswith(".html") else "",
+                    lambda p: (tmp_path / p).exists() or p == "index.html", f"T/{f}")
