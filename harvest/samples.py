@@ -191,8 +191,8 @@ def _render(shots, width, height, face_size, seed):
             slack_x, slack_y = lane_w - mw, height - mh - 8
             vx = rng.choice([-1, 1]) * min(rng.uniform(1.0, 3.0), slack_x / max(n - 1, 1))
             vy = rng.choice([-1, 1]) * min(rng.uniform(0.3, 1.5), slack_y / max(n - 1, 1))
-            x0 = lane * lane_w + mw / 2 + rng.uniform(0, slack_x - abs(vx) * (n - 1)) + max(0, -vx) * (n - 1)
-            y0 = mh / 2 + 4 + rng.uniform(0, slack_y - abs(vy) * (n - 1)) + max(0, -vy) * (n - 1)
+            x0 = lane * lane_w + mw / 2 + rng.uniform(0, max(0.0, slack_x - abs(vx) * (n - 1))) + max(0, -vx) * (n - 1)
+            y0 = mh / 2 + 4 + rng.uniform(0, max(0.0, slack_y - abs(vy) * (n - 1))) + max(0, -vy) * (n - 1)
             paths.append((ident, x0, y0, vx, vy, rng.uniform(0, 2 * np.pi), rng.uniform(20, 40)))
         for t in range(n):
             frame = bg + grain[t_global % len(grain)]

@@ -161,10 +161,12 @@ def _fault_hook(fault: dict | None, rank: int):
 
 
 def _quiet_ray_train_logs() -> None:
-    """Ray Train logs every report of every rank at INFO; keep one line per epoch (ours)."""
+    """Ray Train logs every report of every rank, and every persisted checkpoint, at INFO;
+    keep one line per epoch (ours)."""
     try:
-        from ray.train.v2._internal.execution import context
+        from ray.train.v2._internal.execution import context, storage
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
+        logging.getLogger(storage.__name__).setLevel(logging.WARNING)
     except ImportError:
         pass
 
@@ -372,6 +374,14 @@ def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False
         epoch, marker = env_fault.split(":", 1)
         fault = dict(epoch=int(epoch), marker=marker)
     config["fault"] = fault
+    # Ray Train 2.60's controller takes a worker's report only when it polls the workers (every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default) and the worker's next report waits for
+    # that (a result queue of one): every epoch cost >= 2 s, most of a small run. Poll every
+    # 0.2 s (a late poll is carried over, not an error). No per-run preemption-watcher actor
+    # either (a process importing Ray Train only to log node preemptions). The driver passes
+    # these variables to the controller and workers; a value the user set wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = TorchTrainer(
         train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
