@@ -9,6 +9,8 @@ from training import cluster, methods, registry
 from training.evaluate import DEFAULT_METHODS
 
 
+PARAM_HELP = ("method parameters over their defaults (JSON values), e.g. vcn's models=DIR "
+              "device=cuda steps=4; the names are in training/methods.py")
 HEAD_HELP = ("a trained head: a `train` run directory (--output/NAME: its best checkpoint), "
              "a checkpoint directory, or the published BCL file")
 
@@ -98,12 +100,14 @@ def evaluate_main(argv=None) -> int:
     p.add_argument("--val-titles", nargs="+",
                    help="titles that set the hac-threshold cut (default: leave-one-title-out)")
     p.add_argument("--json", help="write {'results': [...]} here")
+    p.add_argument("--param", nargs="+", metavar="KEY=VALUE", help=PARAM_HELP)
     p.add_argument("--report", help="directory/URL: HTML galleries of the predicted clusters")
     args = p.parse_args(argv)
     from training.evaluate import evaluate, format_table, write_json
     records = evaluate(args.shards, args.titles, args.labels, head=args.head, methods=args.method,
                        linkage=args.linkage, val_titles=args.val_titles,
-                       cannot_link=args.cannot_link, known_k=args.known_k, report=args.report)
+                       cannot_link=args.cannot_link, known_k=args.known_k, report=args.report,
+                       params=methods.parse_params(args.param))
     print(format_table(records))
     if args.json:
         write_json(records, args.json)
@@ -125,16 +129,19 @@ def cluster_main(argv=None) -> int:
     p.add_argument("--titles", nargs="+", help="only these titles (title_id or file name)")
     p.add_argument("--cannot-link", action="store_true",
                    help="hac-threshold never joins two tracks that share a frame")
+    p.add_argument("--param", nargs="+", metavar="KEY=VALUE", help=PARAM_HELP)
     p.add_argument("--report", help="directory/URL: HTML galleries of each title's clusters")
     args = p.parse_args(argv)
     from training.cluster_titles import make_config, run
     try:
-        make_config(args.method, args.head, args.cannot_link)
+        params = methods.parse_params(args.param)
+        make_config(args.method, args.head, args.cannot_link, params)
     except (ValueError, FileNotFoundError) as e:
         print(f"cluster: {e}", file=sys.stderr)
         return 2
     _ray_init()
-    results = run(args.shards, args.output, args.head, args.method, args.titles, args.cannot_link)
+    results = run(args.shards, args.output, args.head, args.method, args.titles, args.cannot_link,
+                  params=params)
     n = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"cluster: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed -> {args.output}")
     if args.report:

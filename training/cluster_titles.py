@@ -45,7 +45,8 @@ def output_path(output: str, title_id: str) -> str:
     return posixpath.join(output.rstrip("/"), f"{title_id}.parquet")
 
 
-def make_config(method: str, head: str | None = None, cannot_link: bool = False) -> dict:
+def make_config(method: str, head: str | None = None, cannot_link: bool = False,
+                params: dict | None = None) -> dict:
     """The settings a title's labels depend on, with the head's checkpoint sha256."""
     m = methods.get(method)
     if m.threshold and head is not None and m.k != "required":
@@ -60,6 +61,8 @@ def make_config(method: str, head: str | None = None, cannot_link: bool = False)
     m = methods.get(method)
     cfg = dict(version=VERSION, method=method, defaults=m.defaults, head=None, head_sha256=None,
                cannot_link=bool(cannot_link and m.cannot_link == "option"))
+    if m.own(params):                   # --param overrides (absent: the hash is unchanged)
+        cfg["params"] = m.own(params)
     if head is not None:
         from training.train import STATE_FILE, resolve_head
         path = resolve_head(head)
@@ -99,7 +102,8 @@ def label_title(info: dict, cfg: dict, model=None, loss=None) -> tuple[pa.Table,
             cut = spec.stop_rule(loss)
     else:
         emb = registry.embed_rows(None, tracks.means)
-    labels = method(methods.Job(tracks, emb, model, cut=cut, cannot_link=cfg["cannot_link"]))
+    labels = method(methods.Job(tracks, emb, model, cut=cut, cannot_link=cfg["cannot_link"],
+                                 params=cfg.get("params", {})))
     conf = methods.confidence(emb, labels) if len(labels) else np.zeros(0)
     sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
     first = np.full(len(sizes), len(labels))
@@ -166,11 +170,13 @@ def write_report(shards: str, output: str, report: str, titles=None) -> str:
 
 
 def run(shards: str, output: str, head: str | None = None, method: str = DEFAULT_METHOD,
-        titles=None, cannot_link: bool = False, log=print) -> list[dict]:
+        titles=None, cannot_link: bool = False, log=print,
+        params: dict | None = None) -> list[dict]:
     """Cluster every title of ``shards`` (or ``titles``: ids or file names), one Ray task each;
-    -> one result dict per title (``status`` done / skipped / failed with ``error``)."""
+    -> one result dict per title (``status`` done / skipped / failed with ``error``);
+    ``params`` override the method's defaults (``--param``)."""
     import ray
-    cfg = make_config(method, head, cannot_link)
+    cfg = make_config(method, head, cannot_link, params)
     infos = shard_info(shards)
     if titles:
         infos = resolve_titles(infos, titles)

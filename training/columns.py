@@ -27,6 +27,8 @@ CANNOT_LINK = _col("cannot_link")
 HARD_NEGATIVE = _col("hard_negative")
 IS_VALID = _col("is_valid")
 EMBEDDINGS = _col("embeddings")
+CROPS = _col("crops")
+CROP_POSITIONS = _col("crop_positions")
 
 # Columns training reads (evaluation adds FRAME_IDX and BOXES for box-level labels).
 TRAIN_COLUMNS = (TITLE_ID, TRACK_ID, FRAME_IDX, MEAN_EMBEDDING, TRACKLETS, CANNOT_LINK,

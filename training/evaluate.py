@@ -70,7 +70,7 @@ def _threshold_from(titles: list[dict], linkage: str) -> float:
 def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
              methods=DEFAULT_METHODS, linkage: str = "average", val_titles=None,
              min_iou: float = 0.5, cannot_link: bool = False, known_k: bool = False,
-             log=print, report: str | None = None) -> list[dict]:
+             log=print, report: str | None = None, params: dict | None = None) -> list[dict]:
     """Records ``{"title", "method", "head", <METRIC_KEYS>}`` per title and method, then pooled.
 
     ``methods``: names in :mod:`training.methods`. K (the title's identity count) goes to
@@ -110,7 +110,8 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
                     continue
             k = len(set(t["identity"])) if method.k == "required" or known_k else None
             job = Job(t["tracks"], t["emb"], model, k=k, cut=cut, linkage=linkage,
-                      cannot_link=cannot_link and method.cannot_link == "option")
+                      cannot_link=cannot_link and method.cannot_link == "option",
+                      params=method.own(params))
             preds.append(method(job) + 1)
         done = [(t, c) for t, c in zip(data, preds) if c is not None]
         for t, c in done:

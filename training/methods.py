@@ -17,6 +17,9 @@ cannot-links as track ids, per-face embeddings read on first use) and its track 
     c1c            C1C on the per-face embeddings (through the head's ``embed`` if any),
                    euclidean: must-links chain each track's faces (partition 0 = the tracks),
                    cannot-links join co-occurring tracks; last partition or K (methods.md 6.2)
+    vcn            VideoClusterNet: per-title self-supervised fine-tuning of the recogniser on
+                   the shard's face crops, loss-as-distance clustering, never joining
+                   co-occurring tracks (training/vcn.py, methods.md 5); needs crops
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ class TitleTracks:
     cannot_link: list                           # per track: track ids it co-occurs with
     load_faces: Callable = field(repr=False, default=None)   # -> (faces (F, D), track row (F,))
     _faces: tuple | None = field(repr=False, default=None)
+    load_crops: Callable = field(repr=False, default=None)   # -> per track (JPEGs, positions)
+    _crops: tuple | None = field(repr=False, default=None)
+    meta: dict = field(repr=False, default_factory=dict)     # the shard's harvest metadata
 
     @property
     def n_tracks(self) -> int:
@@ -59,6 +65,13 @@ class TitleTracks:
     def track_of_face(self) -> np.ndarray:
         return self._get_faces()[1]
 
+    @property
+    def crops(self) -> tuple[list, list]:
+        """(per track its crops' JPEG bytes, per track their positions into its faces)."""
+        if self._crops is None:
+            self._crops = self.load_crops()
+        return self._crops
+
     def cannot_link_pairs(self) -> np.ndarray:
         """(P, 2) row pairs i < j of co-occurring tracks."""
         return hac.cannot_link_pairs(self.track_ids, self.cannot_link)
@@ -73,9 +86,12 @@ class TitleTracks:
             new_row = np.cumsum(keep) - 1
             m = keep[tof]
             return faces[m], new_row[tof[m]]
+
+        def load_crops():
+            return tuple([c for c, k in zip(col, keep) if k] for col in parent.crops)
         return replace(self, track_ids=self.track_ids[keep], means=self.means[keep],
                        cannot_link=[c for c, k in zip(self.cannot_link, keep) if k],
-                       load_faces=load, _faces=None)
+                       load_faces=load, _faces=None, load_crops=load_crops, _crops=None)
 
 
 def read_tracks(path: str, columns=()) -> tuple[TitleTracks, "pa.Table"]:
@@ -86,7 +102,8 @@ def read_tracks(path: str, columns=()) -> tuple[TitleTracks, "pa.Table"]:
     cols = list(dict.fromkeys([TRACK_ID, IS_VALID, MEAN_EMBEDDING, CANNOT_LINK, *columns]))
     with fs.open(p, "rb") as f:
         pf = pq.ParquetFile(f)
-        title_id = read_metadata(pf.schema_arrow)["title_id"]
+        meta = read_metadata(pf.schema_arrow)
+        title_id = meta["title_id"]
         table = pf.read(columns=cols)
     table = table.filter(table[IS_VALID]).sort_by([(TRACK_ID, "ascending")])
     dim = table.schema.field(MEAN_EMBEDDING).type.list_size
@@ -96,9 +113,17 @@ def read_tracks(path: str, columns=()) -> tuple[TitleTracks, "pa.Table"]:
         with fs.open(p, "rb") as f:
             t = pq.read_table(f, columns=[TRACK_ID, IS_VALID, MEAN_EMBEDDING, EMBEDDINGS])
         return faces_of(t.filter(t[IS_VALID]).sort_by([(TRACK_ID, "ascending")]))
+
+    def load_crops():
+        from training.columns import CROP_POSITIONS, CROPS
+        with fs.open(p, "rb") as f:
+            t = pq.read_table(f, columns=[TRACK_ID, IS_VALID, CROPS, CROP_POSITIONS])
+        t = t.filter(t[IS_VALID]).sort_by([(TRACK_ID, "ascending")])
+        return t[CROPS].to_pylist(), [np.asarray(c, np.int64) for c in t[CROP_POSITIONS].to_pylist()]
     tracks = TitleTracks(title_id, table[TRACK_ID].to_numpy(),
                          _vectors(table[MEAN_EMBEDDING], dim)[:, 0],
-                         [c or [] for c in table[CANNOT_LINK].to_pylist()], load)
+                         [c or [] for c in table[CANNOT_LINK].to_pylist()], load,
+                         load_crops=load_crops, meta=meta)
     return tracks, table
 
 
@@ -126,6 +151,10 @@ class Method:
     cannot_link: str = "no"       # "always" | "option" | "no"
     defaults: dict = field(default_factory=dict)
 
+    def own(self, params: dict | None) -> dict:
+        """The entries of ``params`` that are this method's parameters (keys of its defaults)."""
+        return {k: v for k, v in (params or {}).items() if k in self.defaults}
+
     @property
     def parameter_free(self) -> bool:
         return self.k != "required" and not self.threshold
@@ -152,6 +181,23 @@ def get(name: str) -> Method:
     except KeyError:
         raise ValueError(f"unknown clustering method {name!r}; choose from {sorted(METHODS)}") \
             from None
+
+
+def parse_params(items) -> dict:
+    """``KEY=VALUE`` strings (``--param``) -> dict; a value is JSON if it parses, else a string.
+    Every key must be a parameter (a default) of some registered method."""
+    import json
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or key not in {k for m in METHODS.values() for k in m.defaults}:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE with KEY one of the methods' "
+                             f"parameters {sorted({k for m in METHODS.values() for k in m.defaults})}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def _cl(job: Job):
@@ -200,6 +246,19 @@ register(Method("ap", _ap, defaults=dict(damping=0.5)))
 register(Method("finch", _finch, k="optional", defaults=dict(metric="cosine")))
 register(Method("c1c", _c1c, k="optional", cannot_link="always",
                 defaults=dict(metric="euclidean")))
+
+
+def _vcn(job: Job) -> np.ndarray:
+    from training.vcn import run
+    return run(job)
+
+
+register(Method("vcn", _vcn, cannot_link="always", defaults=dict(
+    models=None, device="auto", seed=0, prototypes=1024, hidden=256, bottleneck=64,
+    tau_s=0.1, tau_t=0.04, centre_momentum=0.9, teacher_momentum=0.996, lr=1e-3,
+    backbone_lr=1e-5, batch=16, head_steps=300, rounds=2, steps=8, crops_per_track=8,
+    shrinkage=0.5,
+    serfiq_passes=100, serfiq_dropout=0.5, mad=2.7, max_edges=32)))
 
 
 def confidence(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -195,13 +195,27 @@ class OnnxModule(nn.Module):
         key = self._keys[name]
         return self.params[key] if key in self.params else getattr(self, key)
 
-    def forward(self, *inputs):
+    def forward(self, *inputs, outputs=None, resume=None):
+        """``outputs``: names of tensors to return instead of the graph outputs (an inner
+        feature); ``resume``: {name: tensor} for inner tensors: the graph runs on from the node
+        after the last one that produces them (the nodes after it may only need those tensors
+        and weights), e.g. the tail of a recogniser on a perturbed feature."""
         env = dict(zip(self.input_names, inputs))
-        for op, ins, outs, attrs in self.nodes:
+        start = 0
+        if resume:
+            env.update(resume)
+            start = 1 + max(i for i, n in enumerate(self.nodes) if set(n[2]) & set(resume))
+        for op, ins, outs, attrs in self.nodes[start:]:
             args = [self._tensor(i, env) if i else None for i in ins]
             while args and args[-1] is None:
                 args.pop()
             out = OPS[op](attrs, *args)
             env[outs[0]] = out
-        res = [env[n] for n in self.output_names]
+        res = [env[n] for n in (outputs or self.output_names)]
         return res[0] if len(res) == 1 else res
+
+    def last_linear_input(self) -> str:
+        """Name of the input of the last Conv / Gemm / MatMul node (a recogniser's embedding
+        layer: where SER-FIQ-style dropout goes)."""
+        return next(ins[0] for op, ins, _, _ in reversed(self.nodes)
+                    if op in ("Conv", "Gemm", "MatMul"))
