@@ -256,7 +256,7 @@ def _vcn(job: Job) -> np.ndarray:
 register(Method("vcn", _vcn, cannot_link="always", defaults=dict(
     models=None, device="auto", seed=0, prototypes=1024, hidden=256, bottleneck=64,
     tau_s=0.1, tau_t=0.04, centre_momentum=0.9, teacher_momentum=0.996, lr=1e-3,
-    backbone_lr=1e-5, batch=16, head_steps=300, rounds=2, steps=8, crops_per_track=8,
+    backbone_lr=1e-5, batch=8, head_steps=300, rounds=2, steps=4, crops_per_track=8,
     shrinkage=0.5,
     serfiq_passes=100, serfiq_dropout=0.5, mad=2.7, max_edges=32)))
 
