@@ -162,15 +162,19 @@ def available(names) -> list:
 
 
 def evaluate_head(shards: str, labels: str, test: list, train_titles: list, head: str | None,
-                  known: list, free: list) -> list[dict]:
-    """Records of ``evaluate`` for one head: ``setting`` "known-K" and "K-free"."""
+                  known: list, free: list, models: str = FACE_PACK) -> list[dict]:
+    """Records of ``evaluate`` for one head: ``setting`` "known-K" and "K-free". ``vcn``
+    fine-tunes the recogniser itself (no head): evaluated with raw only."""
     from training.evaluate import evaluate
     out = []
+    if head is not None:
+        free = [m for m in free if m != "vcn"]
     for setting, methods, known_k in (("known-K", known, True), ("K-free", free, False)):
         if not methods:
             continue
+        extra = dict(params=dict(models=models)) if "vcn" in methods else {}
         recs = evaluate(shards, test, labels, head=head, methods=methods, known_k=known_k,
-                        val_titles=train_titles, log=lambda msg: print("  " + msg))
+                        val_titles=train_titles, log=lambda msg: print("  " + msg), **extra)
         out += [dict(r, setting=setting) for r in recs]
     return out
 
@@ -275,6 +279,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers and harvest actors")
     p.add_argument("--no-published", action="store_true", help="leave out the published BCL")
     p.add_argument("--curve", action="store_true", help="gain vs number of training tracks")
+    p.add_argument("--synthetic-curve", action="store_true",
+                   help="the curve again on training/synthetic.py shards")
     p.add_argument("--curve-heads", nargs="+", default=["bcl", "imptriplet", "mvcorr"])
     p.add_argument("--curve-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     return p.parse_args(argv)
@@ -298,6 +304,11 @@ def main(argv=None) -> dict:
           f"{os.cpu_count()} CPUs (shared machine: times are noisy)", flush=True)
     make_titles(videos, plans, args.width, args.height)
     if not ray.is_initialized():
+        # Ray Train's placement-group cleaner asks the State API whether the run's controller
+        # lives; with several Ray instances on one machine it can reach another instance's
+        # dashboard, miss the controller and remove the run's placement group (its workers die).
+        # This cluster has no dashboard: point the State API nowhere (the cleaner just idles).
+        os.environ.setdefault("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:9")
         ray.init(address="local", num_cpus=max(args.workers, 2), include_dashboard=False,
                  log_to_driver=False)
     figures = dict(harvest_seconds=harvest(videos, out, args.models, args.workers))
@@ -338,7 +349,7 @@ def main(argv=None) -> dict:
     records = []
     for name, head in heads:
         t0 = time.perf_counter()
-        recs = evaluate_head(shards, labels, test, train_titles, head, known, free)
+        recs = evaluate_head(shards, labels, test, train_titles, head, known, free, args.models)
         records += [dict(r, head=name) for r in recs]
         print(f"evaluated {name}: {time.perf_counter() - t0:.1f}s", flush=True)
     rows = summarise(records, test_ids)
@@ -349,10 +360,31 @@ def main(argv=None) -> dict:
                   records=records)
     if args.curve:
         report["curve"] = curve(args, shards, labels, pool, test, work, rows, overrides)
+    if args.synthetic_curve:
+        report["synthetic_curve"] = synthetic_curve(args, work, overrides)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=float)
     return report
+
+
+def synthetic_curve(args, work: str, overrides: dict) -> list[dict]:
+    """The curve on ``training.synthetic`` shards (default spec: D = 32, 6 identities and 60
+    tracks per title, each title with its own identities, a per-track nuisance offset that a
+    head can learn to remove): ``max(--curve-sizes)`` training titles + 1 validation title,
+    ``--test-titles`` held-out titles."""
+    from training.data import shard_info
+    from training.synthetic import write_dataset
+    root = os.path.join(work, "synthetic")
+    n_pool = max(args.curve_sizes) + 1
+    paths = write_dataset(root, n_pool + args.test_titles, seed=1)
+    ids = sorted(i["title_id"] for i in shard_info(paths["shards"]))
+    pool, test = ids[:n_pool], ids[n_pool:]
+    raw = evaluate_head(paths["shards"], paths["track_labels"], test, pool[:-1], None,
+                        ["hac-k"], ["finch", "c1c", "ap"])
+    rows = summarise(raw, {})
+    print("\nSynthetic shards (training/synthetic.py), raw embeddings:\n" + format_tables(rows))
+    return curve(args, paths["shards"], paths["track_labels"], pool, test, root, rows, overrides)
 
 
 def curve(args, shards, labels, pool, test, work, rows, overrides) -> list[dict]:
