@@ -2,7 +2,8 @@
 in training (issue 9, "Measure and report"), and the gain over raw embeddings against the
 number of training tracks.
 
-    python bench/methods_table.py --workdir DIR [--json PATH] [--curve] [--heads ...]
+    python bench/methods_table.py --workdir DIR [--json PATH] [--heads ...] [--reuse ...]
+                                  [--epochs N] [--curve] [--synthetic-curve]
 
 1. Generates labelled titles with ``harvest.samples.make_clip`` from our own shot plans (longer
    than ``harvest sample``: ``--shots`` shots of 1-3 faces, face sizes varying by title).
