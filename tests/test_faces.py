@@ -137,3 +137,29 @@ def test_dlib_backend_detects_and_embeds(crowd_frames):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert {m.role for m in b.model_files} == {"detector", "embedder"}
     assert all(os.path.exists(m.path) for m in b.model_files)
+
+
+def test_suppress_nested_drops_a_larger_window_around_the_same_head():
+    """The dlib demo's duplicate: HOG fires on the face (62 px) and, lower, on a 90 px window
+    around the same head (IoU 0.28, face box 2/3 inside): containment suppression keeps the best
+    one; disjoint and barely touching faces are all kept."""
+    from harvest.faces.base import suppress_nested
+    face, window = [494, 87, 557, 149], [464, 106, 554, 196]
+    other, touching = [100, 100, 160, 160], [155, 100, 215, 160]
+    boxes = np.array([face, window, other, touching], np.float32)
+    assert suppress_nested(boxes, np.array([0.9, 0.51, 0.8, 0.7])).tolist() == [True, False, True, True]
+    assert suppress_nested(boxes, np.array([0.5, 0.9, 0.8, 0.7])).tolist() == [False, True, True, True]
+    rng = np.random.default_rng(0)                    # against a brute-force pairwise rule
+    for _ in range(50):
+        xy = rng.uniform(0, 200, (12, 2))
+        b = np.c_[xy, xy + rng.uniform(10, 80, (12, 2))]
+        s = rng.random(12)
+        keep = suppress_nested(b, s)
+        for i in np.flatnonzero(keep):
+            for j in np.flatnonzero(keep):
+                if i < j:
+                    w = min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])
+                    h = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
+                    small = min(np.prod(b[i, 2:] - b[i, :2]), np.prod(b[j, 2:] - b[j, :2]))
+                    assert max(w, 0) * max(h, 0) <= 0.5 * small
+        assert keep[np.argmax(s)]

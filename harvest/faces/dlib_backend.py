@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-from harvest.faces.base import Detections, FaceBackend, ModelFile
+from harvest.faces.base import Detections, FaceBackend, ModelFile, suppress_nested
 
 
 def dlib_model_dir() -> str:
@@ -99,6 +99,8 @@ class DlibBackend(FaceBackend):
                              np.float32) / scale
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+            keep = suppress_nested(boxes, margins)      # HOG's larger second window on one head
+            boxes, margins = boxes[keep], margins[keep]
             kps = np.stack([self._five_points(frame, b) for b in boxes]).astype(np.float32)
             scores = (1.0 / (1.0 + np.exp(-2.0 * margins))).astype(np.float32)
             out.append(Detections(boxes, kps, scores))
