@@ -94,3 +94,14 @@ def test_train_cli_runs(cluster, dataset, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "best checkpoint" in out and "'epoch': 1" in out
+
+
+def test_train_with_fewer_training_titles_than_workers(cluster, tmp_path, capsys):
+    """The README's `train` on the 2-title demo: 1 training title, default 2 workers -> trains on
+    1 worker (a worker streams whole titles) instead of refusing."""
+    data = write_dataset(str(tmp_path / "two"), 2, SyntheticSpec(dim=32), seed=3)
+    rc = train_main(["--head", "bcl", "--shards", data["shards"], "--output", str(tmp_path / "runs"),
+                     "--epochs", "1", "--val-titles", "title001"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "training on 1 worker(s) instead of 2" in out and "best checkpoint" in out

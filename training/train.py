@@ -356,8 +356,10 @@ def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False
     if not val or not train_titles:
         raise ValueError(f"need at least one training and one validation title, "
                          f"got {sorted(i['title_id'] for i in infos)}")
-    if len(train_titles) < workers:
-        raise ValueError(f"{len(train_titles)} training titles cannot feed {workers} workers")
+    if len(train_titles) < workers:     # a worker streams whole titles: one at least each
+        print(f"[{head}] {len(train_titles)} training title(s): training on "
+              f"{len(train_titles)} worker(s) instead of {workers}", flush=True)
+        workers = len(train_titles)
     val_set = set(val)
     config = dict(head=head, hparams=hp, dim=dims.pop(),
                   train=[i for i in infos if i["title_id"] not in val_set],
