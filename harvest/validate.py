@@ -75,11 +75,14 @@ def _interp_violations(table: pa.Table, tid: np.ndarray, frames: np.ndarray, row
     if (same & (np.diff(i_frames) <= 0)).any():
         out.append(f"interp_frame_idx not strictly increasing in "
                    f"{_ids(tid[i_row[1:][same & (np.diff(i_frames) <= 0)]])}")
-    boxes = _vectors(pc.list_flatten(_col(table, "interp_boxes")), 4)
+    return out + _box_violations(table, "interp_boxes", tid, i_row)
+
+
+def _box_violations(table: pa.Table, name: str, tid: np.ndarray, row: np.ndarray) -> list[str]:
+    """Boxes of the list column ``name`` (owning rows ``row``) finite with x1 < x2, y1 < y2."""
+    boxes = _vectors(pc.list_flatten(_col(table, name)), 4)
     ok = np.isfinite(boxes).all(1) & (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
-    if not ok.all():
-        out.append(f"interp_boxes not finite with x1<x2, y1<y2 in {_ids(tid[i_row[~ok]])}")
-    return out
+    return [] if ok.all() else [f"{name} not finite with x1<x2, y1<y2 in {_ids(tid[row[~ok]])}"]
 
 
 def _schema_violations(table: pa.Table) -> tuple[list[str], int | None]:
@@ -183,10 +186,7 @@ def validate_table(table: pa.Table, meta: dict | None = None,
                            f"wrong shot) in {_ids(tid[row[bad]])}")
 
     # Geometry and finiteness.
-    boxes = _vectors(pc.list_flatten(_col(table, "boxes")), 4)
-    ok = np.isfinite(boxes).all(1) & (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
-    if not ok.all():
-        out.append(f"boxes not finite with x1<x2, y1<y2 in {_ids(tid[row[~ok]])}")
+    out += _box_violations(table, "boxes", tid, row)
     out += _interp_violations(table, tid, frames, row, n_faces)
     for name in ("landmarks", "det_score", "face_size", "blur"):
         values = pc.list_flatten(_col(table, name))
