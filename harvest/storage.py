@@ -58,6 +58,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """sha256 of a file read ``COPY_BLOCK`` bytes at a time (never the whole file in memory)."""
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(COPY_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
                  fsync: bool = True) -> None:
     """Write ``data`` at ``path``: readers see either the old content or all of ``data``.

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvest.storage import open_fs, sha256_bytes, write_atomic
+from harvest.storage import open_fs, sha256_file, write_atomic
 from training import methods, registry
 from training.data import resolve_titles, shard_info
 
@@ -68,7 +68,7 @@ def make_config(method: str, head: str | None = None, cannot_link: bool = False,
         path = resolve_head(head)
         fs, p = open_fs(path)
         f = p.rstrip("/") + "/" + STATE_FILE if fs.isdir(p) else p
-        cfg["head"], cfg["head_sha256"] = path, sha256_bytes(fs.cat_file(f))
+        cfg["head"], cfg["head_sha256"] = path, sha256_file(fs, f)
     return cfg
 
 
@@ -125,7 +125,7 @@ def cluster_one(info: dict, output: str, cfg: dict) -> dict:
     """One title: skip when done with the same shard and config, else label and write."""
     t0 = time.perf_counter()
     fs, p = open_fs(info["path"])
-    shard_sha = sha256_bytes(fs.cat_file(p))
+    shard_sha = sha256_file(fs, p)          # streamed: a shard can be large
     h = config_hash(cfg)
     out = output_path(output, info["title_id"])
     old = read_meta(out)
