@@ -215,24 +215,100 @@ def crop_positions(n_faces: int, mode: str, per_track: int, seeds=()) -> np.ndar
     return np.union1d(even, np.asarray(seeds, np.int64)).astype(np.int32)
 
 
+class OpenFaces:
+    """The faces of one open track, columnar: numpy columns that grow by doubling (about
+    4*D + 100 bytes a face, against ~1 KB of Python objects per face held as tuples), and the
+    faces' JPEG crops appended to a spool file on local disk (``spool``), because which crops a
+    track keeps is known only when it closes (an even spread over its final length plus its
+    tracklet seeds). A single shot of one face that lasts an hour therefore holds its embeddings
+    in memory (the k-NN tracklet mining needs them all, O(N*D)) and nothing else per face.
+    ``append((faces, i))`` takes face ``i`` of a ``FaceBatch``."""
+
+    _COLUMNS = (("frame_idx", np.int64, ()), ("pts", np.float64, ()), ("boxes", np.float32, (4,)),
+                ("kps", np.float32, (10,)), ("scores", np.float32, ()), ("blur", np.float32, ()))
+
+    def __init__(self, dim: int, spool: str | None = None):
+        self.n, self.dim, self.spool = 0, dim, spool
+        self.cols = {name: np.empty((1, *shape), dtype) for name, dtype, shape in self._COLUMNS}
+        self._crop_ends: np.ndarray | None = None          # (n,) end offset of each JPEG
+        self._file = None
+
+    def append(self, payload: tuple) -> None:
+        faces, i = payload
+        if "emb" not in self.cols:                # the backend's dtype (dlib's is float64)
+            self.cols["emb"] = np.empty((1, self.dim), faces.emb.dtype)
+        if self.n == len(self.cols["emb"]):
+            for name, col in self.cols.items():
+                grown = np.empty((2 * len(col), *col.shape[1:]), col.dtype)
+                grown[:self.n] = col[:self.n]
+                self.cols[name] = grown
+            if self._crop_ends is not None:
+                self._crop_ends = np.concatenate([self._crop_ends, np.empty_like(self._crop_ends)])
+        c, n = self.cols, self.n
+        c["frame_idx"][n], c["pts"][n], c["boxes"][n] = faces.frame_idx[i], faces.pts[i], faces.boxes[i]
+        c["kps"][n], c["scores"][n], c["blur"][n] = faces.kps[i].reshape(10), faces.scores[i], faces.blur[i]
+        c["emb"][n] = faces.emb[i]
+        if faces.jpeg is not None:
+            if self._file is None:
+                self._file = open(self.spool, "wb")
+                self._crop_ends = np.empty(len(c["emb"]), np.int64)
+            self._file.write(faces.jpeg[i])
+            self._crop_ends[n] = self._file.tell()
+        self.n += 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def column(self, name: str) -> np.ndarray:
+        """The first n rows of a column (a view)."""
+        return self.cols[name][:self.n]
+
+    @property
+    def has_crops(self) -> bool:
+        return self._crop_ends is not None
+
+    def crops(self, positions: np.ndarray) -> list[bytes]:
+        """The JPEG bytes of the faces at ``positions`` (ascending), read back from the spool."""
+        if self._file is None:
+            return []
+        self._file.flush()
+        ends = self._crop_ends[:self.n]
+        out = []
+        with open(self.spool, "rb") as f:
+            for p in positions:
+                start = int(ends[p - 1]) if p else 0
+                f.seek(start)
+                out.append(f.read(int(ends[p]) - start))
+        return out
+
+    def discard(self) -> None:
+        """Remove the spool file (the track closed, or the title failed)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            os.remove(self.spool)
+
+
 def close_track(track: Track, crops: str = "none", crops_per_track: int = 0) -> TrackRow:
-    """A closed track (payloads: per-face tuples from ``TitleTracker.add``) -> its row, with the
-    hard-positive tracklets, mean embedding, quality and the crops that ``crops`` keeps."""
-    f = list(zip(*track.faces))
-    boxes = np.stack(f[2])
-    emb = np.stack(f[6])
-    blur, scores = np.array(f[5]), np.array(f[4])
-    size = face_size(boxes)
-    tracklets = mine_tracklets(emb, N_TRACKLETS)
-    jpeg = f[7]
-    pos = (crop_positions(len(emb), crops, crops_per_track, tracklets.seeds)
-           if jpeg[0] is not None else np.zeros(0, np.int32))
-    return TrackRow(
-        track.track_id, track.shot, np.array(f[0], np.int64), np.array(f[1], np.float64), boxes,
-        np.stack(f[3]).reshape(-1, 10), scores, size, blur, emb,
-        l2_normalize(emb.mean(axis=0)[None])[0], tracklets,
-        track_quality(face_quality(scores, size, blur)), [jpeg[i] for i in pos], pos,
-        *interpolate_boxes(f[0], boxes))
+    """A closed track (faces: ``OpenFaces``) -> its row, with the hard-positive tracklets, mean
+    embedding, quality and the crops that ``crops`` keeps; the track's crop spool is removed."""
+    f: OpenFaces = track.faces
+    try:
+        boxes, emb = f.column("boxes").copy(), f.column("emb").copy()
+        blur, scores = f.column("blur").copy(), f.column("scores").copy()
+        size = face_size(boxes)
+        tracklets = mine_tracklets(emb, N_TRACKLETS)
+        pos = (crop_positions(len(emb), crops, crops_per_track, tracklets.seeds)
+               if f.has_crops else np.zeros(0, np.int32))
+        frames = f.column("frame_idx").copy()
+        return TrackRow(
+            track.track_id, track.shot, frames, f.column("pts").copy(), boxes,
+            f.column("kps").copy(), scores, size, blur, emb,
+            l2_normalize(emb.mean(axis=0)[None])[0], tracklets,
+            track_quality(face_quality(scores, size, blur)), f.crops(pos), pos,
+            *interpolate_boxes(frames, boxes))
+    finally:
+        f.discard()
 
 
 class TitleTracker:
@@ -241,8 +317,9 @@ class TitleTracker:
     def __init__(self, config: HarvestConfig, fps: float, dim: int, scratch_dir: str | None = None):
         self.config, self.fps, self.dim = config, fps, dim
         max_gap = max(config.det_stride, int(round(config.max_gap_seconds * fps)))
-        self.linker = TrackLinker(config.iou_threshold, max_gap)
         self.scratch = tempfile.TemporaryDirectory(prefix="harvest-title-", dir=scratch_dir)
+        self.linker = TrackLinker(config.iou_threshold, max_gap, new_faces=lambda track_id: OpenFaces(
+            dim, os.path.join(self.scratch.name, f"crops-{track_id}.jpg-spool")))
         self.spill = SpillWriter(os.path.join(self.scratch.name, "spill.parquet"), dim)
         self.summaries: dict[int, _Summary] = {}
 
@@ -250,12 +327,9 @@ class TitleTracker:
         """One batch, frame order, later frames than the previous batch; a frame's faces are
         never split across batches (the embed stage flushes whole frames)."""
         f = faces.frame_idx
-        jpeg = faces.jpeg if faces.jpeg is not None else [None] * len(f)
         starts = np.flatnonzero(np.r_[True, np.diff(f) != 0]) if len(f) else []
         for s, e in zip(starts, list(starts[1:]) + [len(f)]):
-            payloads = [(int(f[i]), float(faces.pts[i]), faces.boxes[i].copy(),
-                         faces.kps[i].copy(), faces.scores[i], faces.blur[i], faces.emb[i].copy(),
-                         jpeg[i]) for i in range(s, e)]
+            payloads = [(faces, i) for i in range(s, e)]
             for track in self.linker.push(int(f[s]), int(faces.shot[s]), faces.boxes[s:e],
                                           payloads):
                 self._close(track)
@@ -299,6 +373,8 @@ class TitleTracker:
 
     def close(self) -> None:
         """Drop everything (after a failure)."""
+        for track in self.linker.finish():
+            track.faces.discard()
         self.spill.close()
         self.scratch.cleanup()
 

@@ -50,7 +50,8 @@ def interpolate_boxes(frame_idx: np.ndarray, boxes: np.ndarray) -> tuple[np.ndar
 @dataclass
 class Track:
     """One track. ``track_id`` counts tracks in opening order (first frame, then the face's
-    position inside that frame); ``faces`` holds the caller's per-face payloads in frame order;
+    position inside that frame); ``faces`` holds the caller's per-face payloads in frame order
+    (a list, or whatever ``TrackLinker``'s ``new_faces`` makes: anything with ``append``);
     ``partners`` the ids of the tracks that share at least one frame with it."""
     track_id: int
     shot: int
@@ -61,8 +62,12 @@ class Track:
 
 
 class TrackLinker:
-    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 12):
+    """``new_faces(track_id)`` makes a new track's face container (default: a list); the caller
+    may store faces compactly (``harvest.pipeline.OpenFaces``) instead of one object per face."""
+
+    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 12, new_faces=None):
         self.iou_threshold, self.max_gap = iou_threshold, max_gap
+        self._new_faces = new_faces if new_faces is not None else (lambda _track_id: [])
         self._open: list[Track] = []          # in opening order (this orders assignment ties)
         self._shot: int | None = None
         self._frame: int | None = None
@@ -96,7 +101,9 @@ class TrackLinker:
                 here.append(t)
         for c in range(len(boxes)):
             if c not in used:
-                t = Track(self.n_opened, shot, [payloads[c]], frame, boxes[c])
+                faces = self._new_faces(self.n_opened)
+                faces.append(payloads[c])
+                t = Track(self.n_opened, shot, faces, frame, boxes[c])
                 self.n_opened += 1
                 self._open.append(t)
                 here.append(t)
