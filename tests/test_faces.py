@@ -163,3 +163,16 @@ def test_suppress_nested_drops_a_larger_window_around_the_same_head():
                     small = min(np.prod(b[i, 2:] - b[i, :2]), np.prod(b[j, 2:] - b[j, :2]))
                     assert max(w, 0) * max(h, 0) <= 0.5 * small
         assert keep[np.argmax(s)]
+
+
+def test_a_cuda_provider_that_did_not_load_fails_loudly():
+    """onnxruntime-gpu lists CUDAExecutionProvider yet runs a session on CPU when cuDNN is
+    missing: the backend must refuse, not harvest a GPU node at CPU speed."""
+    import pytest
+
+    from harvest.faces.insightface_backend import check_providers
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    check_providers(cuda, {"detector": cuda, "recogniser": cuda})
+    check_providers(["CPUExecutionProvider"], {"detector": ["CPUExecutionProvider"]})
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider for the recogniser"):
+        check_providers(cuda, {"detector": cuda, "recogniser": ["CPUExecutionProvider"]})

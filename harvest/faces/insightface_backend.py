@@ -7,6 +7,7 @@ recogniser call (the model_zoo classes run one image at a time).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 import cv2
@@ -16,6 +17,8 @@ from harvest.faces.align import align_faces
 from harvest.faces.base import Detections, FaceBackend, ModelFile
 
 _STRIDE_MULTIPLE = 32      # SCRFD's largest feature stride: input sides must be multiples of it
+
+log = logging.getLogger(__name__)
 
 
 def find_model_pack(model_dir: str) -> tuple[str, str]:
@@ -42,7 +45,23 @@ def _providers(use_gpu: bool) -> list[str]:
     import onnxruntime
     available = onnxruntime.get_available_providers()
     wanted = ["CUDAExecutionProvider"] if use_gpu else []
+    if use_gpu and not set(wanted) & set(available):
+        log.warning("a GPU was asked for, but this onnxruntime has no CUDA provider (install "
+                    "onnxruntime-gpu, or use --backend torch): running on CPU")
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
+def check_providers(requested: list[str], sessions: dict) -> None:
+    """onnxruntime lists the CUDA provider even where it cannot load it (no cuDNN, driver too
+    old), and then quietly runs on CPU: a GPU node harvesting at CPU speed. Fail loudly instead.
+    ``sessions``: name -> the providers each session actually got."""
+    for name, got in sessions.items():
+        missing = [p for p in requested if p != "CPUExecutionProvider" and p not in got]
+        if missing:
+            raise RuntimeError(
+                f"onnxruntime could not start {', '.join(missing)} for the {name} (it runs on "
+                f"{', '.join(got)}): check the CUDA/cuDNN libraries onnxruntime-gpu needs "
+                f"(onnxruntime.preload_dlls() names the missing one), or run without GPUs")
 
 
 def locate_pack(model_dir: str | None, backend: str) -> list[ModelFile]:
@@ -135,6 +154,9 @@ class InsightFaceBackend(OnnxPackBackend):
         self.detector = model_zoo.get_model(self.detector_path, **kwargs)
         self.detector.nms_thresh = nms_threshold
         self.recognizer = model_zoo.get_model(self.embedder_path, **kwargs)
+        check_providers(kwargs["providers"], {
+            "detector": self.detector.session.get_providers(),
+            "recogniser": self.recognizer.session.get_providers()})
         self._dim = int(self.recognizer.output_shape[1])
         fixed = self.detector.session.get_inputs()[0].shape[2:]
         self._fixed_input = None
