@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,6 +144,22 @@ def repeat_packets(segments: list[tuple[str, int]], dst: str) -> None:
                     offset = end
 
 
+def segment(folder: str, n: int, res: int, single: bool, seed: int) -> str:
+    """The encoded ``n``-frame segment that titles of this kind repeat, rendered once per
+    folder (``seg-*.mp4``: the 20- and 60-minute titles reuse the 5-minute one's)."""
+    path = os.path.join(folder, f"seg-{res}p-{'single' if single else 'shots'}-{n}-s{seed}.mp4")
+    if not os.path.exists(path):
+        width, height = RES[res]
+        scale = height / 360
+        face = (int(100 * scale), int(136 * scale))
+        shots = shot_plan(n / FPS / 60, seed, single)
+        tmp = path + ".tmp.mp4"
+        encode(tmp, render(shots, width, height, face, seed, LOOP_FRAMES if single else None),
+               width, height)
+        os.replace(tmp, path)
+    return path
+
+
 def generate(path: str, minutes: float, res: int, single: bool, seed: int = 0) -> int:
     """Write the title (H.264 via PyAV) without holding it in memory; returns the frame count.
     Only the first ``SEGMENT_MINUTES`` of shots (or ``LOOP_FRAMES`` of the single shot) are
@@ -150,29 +167,17 @@ def generate(path: str, minutes: float, res: int, single: bool, seed: int = 0) -
     12 copies of 5 minutes of shots: every copy is new shots, new tracks and new faces to the
     harvest, and 1080p generation drops from hours to minutes). Repeats of the single shot join
     seamlessly: one shot, one track."""
-    width, height = RES[res]
-    scale = height / 360
-    face = (int(100 * scale), int(136 * scale))
     total = int(round(minutes * 60 * FPS))
     seg = LOOP_FRAMES if single else int(round(min(minutes, SEGMENT_MINUTES) * 60 * FPS))
     times, rest = divmod(total, seg)
     parts = []
     for n, k in ((seg, times), (rest, 1)):
         if n and k:
-            part = f"{path}.{n}.mp4"
-            shots = shot_plan(n / FPS / 60, seed, single)
-            encode(part, render(shots, width, height, face, seed, LOOP_FRAMES if single else None),
-                   width, height)
-            parts.append((part, k))
-    try:
-        if parts == [(parts[0][0], 1)]:
-            os.replace(parts[0][0], path)
-        else:
-            repeat_packets(parts, path)
-    finally:
-        for part, _ in parts:
-            if os.path.exists(part):
-                os.remove(part)
+            parts.append((segment(os.path.dirname(path) or ".", n, res, single, seed), k))
+    if len(parts) == 1 and parts[0][1] == 1:
+        shutil.copyfile(parts[0][0], path)
+    else:
+        repeat_packets(parts, path)
     return total
 
 
@@ -335,6 +340,10 @@ def main(argv=None) -> int:
         finally:
             if not a.keep and os.path.exists(video):
                 os.remove(video)
+    if not a.keep:
+        for name in os.listdir(work):
+            if name.startswith("seg-"):
+                os.remove(os.path.join(work, name))
     return 0
 
 

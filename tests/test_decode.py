@@ -84,11 +84,11 @@ def test_crowd_chunks_and_info():
 
 
 def test_chunk_bytes_bound_shrinks_chunks():
-    """A 1080p frame is 6.2 MB: the default 100 MiB bound allows 16 of the 32 frames asked for."""
+    """A 1080p frame is 6.2 MB: the default 24 MiB bound allows 4 of the 32 frames asked for."""
     with ChunkedVideoReader(need(CROWD), chunk_frames=32) as r:
-        assert r.chunk_frames == MAX_CHUNK_BYTES // (1920 * 1080 * 3) == 16
+        assert r.chunk_frames == MAX_CHUNK_BYTES // (1920 * 1080 * 3) == 4
         sizes = [len(c.frames) for c in r.chunks()]
-    assert sizes == [16] * 6 + [9] and r.frames_read == 105
+    assert sizes == [4] * 26 + [1] and r.frames_read == 105
     assert max(sizes) * 1920 * 1080 * 3 <= MAX_CHUNK_BYTES
 
 
