@@ -2,6 +2,7 @@
 
     python bench/harvest.py [--res 360 720 1080] [--seconds 60] [--stride 1 2]
                             [--backend insightface|torch|dlib] [--device cpu|cuda] [--models DIR]
+    python bench/harvest.py --backend dlib               # strides 2 4 8 (around dlib's default 4)
     python bench/harvest.py --video crowd.mp4 ...        # a given file instead of generated titles
 
 For each resolution a title of ``--seconds`` at 25 fps is generated on disk (faces from
@@ -11,7 +12,12 @@ bench/long_title.py), then measured in this one process:
   * the harvest of the title (``harvest_title``: decode -> shots -> detect -> align/embed ->
     tracks -> mining -> spill) at each ``--stride``, stages overlapped in threads;
   * each stage's busy time, the harvest/decode-only throughput ratio, and real-time factor
-    (harvested frames/s / 25); peak RSS of this process.
+    (harvested frames/s / 25); the 1-minute load average when each run ended (the machine may be
+    shared) and the CPU seconds the run took in this process and its children; peak RSS of this
+    process. Without ``--stride`` the strides are half, once and twice
+    the backend's recommended stride (``default_det_stride``: 1 and 2 for most, 2 4 8 for dlib).
+    dlib computes descriptors in a child process, so its "embed" busy time is the time the
+    embed stage waited for descriptors not yet done, and this process's CPU time leaves it out.
 ``--device cuda`` runs the torch backend on the GPU and also prints GPU utilisation
 (``torch.cuda.utilization`` when available). It measures and prints; it asserts nothing.
 """
@@ -30,7 +36,7 @@ sys.path.append(HERE)          # after the repo: this file's name would shadow t
 
 from harvest.config import HarvestConfig, RunOptions  # noqa: E402
 from harvest.decode import ChunkedVideoReader  # noqa: E402
-from harvest.faces.registry import load_backend  # noqa: E402
+from harvest.faces.registry import BACKENDS, load_backend  # noqa: E402
 from harvest.pipeline import harvest_title  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(HERE), "..", "shared")
@@ -44,15 +50,35 @@ def decode_only(path: str, chunk_frames: int) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its live child processes (dlib's
+    descriptor workers), from /proc; this process only where /proc is missing."""
+    total = time.process_time()
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        kids = set()
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(f.read().split())
+        for pid in kids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        pass
+    return total
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(video: str, backend, config: HarvestConfig, options: RunOptions) -> dict:
+    c0 = cpu_seconds()
     r = harvest_title(video, backend, config, options)
     with r.tracks as tracks:
         return dict(frames=r.frames, seconds=r.seconds, busy=dict(r.times.busy),
-                    faces=tracks.faces, tracks=len(tracks))
+                    faces=tracks.faces, tracks=len(tracks), cpu=cpu_seconds() - c0)
 
 
 def main(argv=None) -> int:
@@ -60,7 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--video", default=None, help="measure this file instead of generated titles")
     ap.add_argument("--res", type=int, nargs="*", default=[360])
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--stride", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--stride", type=int, nargs="*", default=None,
+                    help="detection strides (default: half, once and twice the backend's own)")
     ap.add_argument("--backend", default="insightface")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", default=None)
@@ -69,15 +96,18 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args(argv)
     models = a.models
-    if models is None and a.backend != "dlib":
-        models = os.path.join(SHARED, "models", "face-pack")
     backend_name = "torch" if a.device == "cuda" else a.backend
+    if models is None and BACKENDS[backend_name].needs_models:
+        models = os.path.join(SHARED, "models", "face-pack")
+    if a.stride is None:
+        d = BACKENDS[backend_name].default_det_stride
+        a.stride = sorted({max(1, d // 2), d, 2 * d})
     base = HarvestConfig(backend=backend_name, models=models)
     backend = load_backend(base, use_gpu=a.device == "cuda", threads=a.threads)
     options = RunOptions(det_batch=a.det_batch)
     print(f"backend {backend.name} ({', '.join(m.name for m in backend.model_files)}), "
           f"device {getattr(backend, 'device', 'cpu')}, threads {a.threads}, cpus {os.cpu_count()}, "
-          f"det_batch {a.det_batch}")
+          f"det_batch {a.det_batch}, load average {os.getloadavg()[0]:.2f}")
 
     work = a.workdir or tempfile.mkdtemp(prefix="bench-harvest-")
     os.makedirs(work, exist_ok=True)
@@ -96,23 +126,30 @@ def main(argv=None) -> int:
 
     rows = []
     for name, video in videos:
-        measure(video, backend, HarvestConfig(backend=backend_name, models=models, det_stride=8),
-                options)                                                   # warm-up
+        measure(video, backend, HarvestConfig(backend=backend_name, models=models,
+                                              det_stride=max(a.stride)), options)   # warm-up
         n, dec = decode_only(video, options.chunk_frames)
-        rows.append((name, "decode only", n, dec, None, None, {}))
+        rows.append((name, "decode only", n, dec, None, None, {}, os.getloadavg()[0], None))
         for stride in a.stride:
             cfg = HarvestConfig(backend=backend_name, models=models, det_stride=stride)
             m = measure(video, backend, cfg, options)
             rows.append((name, f"harvest stride {stride}", m["frames"], m["seconds"], m["faces"],
-                         dec, m["busy"]))
+                         dec, m["busy"], os.getloadavg()[0], m["cpu"]))
+            print(f"  {name} stride {stride}: {m['frames'] / m['seconds'] / FPS:.2f}x real time "
+                  f"(load {rows[-1][-2]:.2f}, cpu {m['cpu']:.0f} s)", flush=True)
+    backend.close()
     print(f"\n{'title':10s} {'run':18s} {'frames':>7s} {'s':>8s} {'fr/s':>8s} {'x real':>7s} "
-          f"{'/decode':>8s} {'faces':>7s}  stage busy s (decode, detect, embed, track_mine)")
-    for name, run, n, secs, faces, dec, busy in rows:
+          f"{'/decode':>8s} {'faces':>7s} {'load':>5s} {'cpu s':>7s}  stage busy s "
+          f"(decode, detect, embed, track_mine)")
+    for name, run, n, secs, faces, dec, busy, load, cpu in rows:
         fps = n / secs
         ratio = f"{dec / secs:8.3f}" if dec else f"{'':8s}"
         stages = ", ".join(f"{k} {v:.1f}" for k, v in busy.items())
         print(f"{name:10s} {run:18s} {n:7d} {secs:8.2f} {fps:8.1f} {fps / FPS:7.2f} {ratio} "
-              f"{faces if faces is not None else '':>7}  {stages}")
+              f"{faces if faces is not None else '':>7} {load:5.2f} "
+              f"{f'{cpu:7.1f}' if cpu is not None else '':>7}  {stages}")
+    print("\ncpu s: CPU time of this process and its child processes during the run; on a "
+          "shared machine (load above the core count) x real time is bounded by the CPU share")
     print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
     if a.device == "cuda":
         import torch

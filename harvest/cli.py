@@ -20,7 +20,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     from harvest.schema import CROP_MODES
     g.add_argument("--backend", default=d.backend, choices=choices())
     g.add_argument("--models", default=d.models, help="directory or URL with one SCRFD and one ArcFace .onnx")
-    g.add_argument("--det-stride", type=int, default=d.det_stride)
+    g.add_argument("--det-stride", type=int, default=None,
+                   help="detect every N frames (default: the backend's recommended stride: "
+                        + ", ".join(f"{n} {c.default_det_stride}" for n, c in _backends().items())
+                        + ")")
     g.add_argument("--det-size", type=int, default=d.det_size)
     g.add_argument("--det-threshold", type=float, default=d.det_threshold)
     g.add_argument("--min-face-size", type=float, default=d.min_face_size)
@@ -33,6 +36,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="aligned face crops (JPEG) stored per track: none, an even sample of "
                         "--crops-per-track plus the tracklet seeds, or all")
     g.add_argument("--crops-per-track", type=int, default=d.crops_per_track)
+
+
+def _backends() -> dict:
+    from harvest.faces.registry import BACKENDS
+    return BACKENDS
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -84,7 +92,13 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def config_from(args) -> HarvestConfig:
-    return HarvestConfig(backend=args.backend, models=args.models, det_stride=args.det_stride,
+    """The run's config; without --det-stride, the stride the chosen backend recommends (so the
+    config hash and the shards record the stride actually used)."""
+    stride = args.det_stride
+    if stride is None:
+        from harvest.faces.registry import default_det_stride
+        stride = default_det_stride(args.backend, args.models)
+    return HarvestConfig(backend=args.backend, models=args.models, det_stride=stride,
                          det_size=args.det_size, det_threshold=args.det_threshold,
                          min_face_size=args.min_face_size, shot_threshold=args.shot_threshold,
                          iou_threshold=args.iou_threshold, max_gap_seconds=args.max_gap_seconds,

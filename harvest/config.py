@@ -18,7 +18,8 @@ from harvest.schema import CROP_MODES, PIPELINE_VERSION
 class HarvestConfig:
     backend: str = "auto"            # auto | a name in harvest.faces.registry
     models: str | None = None        # model directory (insightface); None: search defaults
-    det_stride: int = 1              # run the detector every det_stride frames
+    det_stride: int = 1              # run the detector every det_stride frames (`harvest run`
+                                     # without --det-stride: the backend's default_det_stride)
     det_size: int = 640              # detector input side (insightface) / max side (dlib)
     det_threshold: float = 0.5       # minimum detector score
     min_face_size: float = 0.0       # drop detections smaller than this (sqrt area, px)

@@ -96,6 +96,8 @@ class FaceBackend(ABC):
       ``name``            the ``--backend`` value;
       ``auto_priority``   ``--backend auto`` tries backends in increasing priority;
       ``needs_models``    whether it loads its files from a ``--models`` directory;
+      ``default_det_stride``  its recommended detection stride, used when ``--det-stride`` is
+                          not given (``harvest.faces.registry.default_det_stride``);
       ``locate(dir)``     the files it would load (for config hashes), without loading them;
       ``usable(dir)``     its rule for ``auto``: can it run here with this model directory;
       ``build(dir, config, use_gpu, threads)``  an instance configured from a HarvestConfig.
@@ -103,6 +105,7 @@ class FaceBackend(ABC):
     name = "base"
     auto_priority = 100
     needs_models = False
+    default_det_stride = 1
 
     @classmethod
     @abstractmethod
@@ -167,6 +170,9 @@ class FaceBackend(ABC):
             raise RuntimeError(f"{self.name}: embedding dim {emb.shape[1]} != {self.embedding_dim}")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norms, 1e-12)
+
+    def close(self) -> None:
+        """Release what the backend holds beyond memory (processes); a no-op by default."""
 
     @abstractmethod
     def _detect(self, frames: list[np.ndarray]) -> list[Detections]: ...

@@ -58,6 +58,13 @@ def resolve(backend: str, models: str | None) -> tuple[str, str | None]:
     return backend, model_dir
 
 
+def default_det_stride(backend: str, models: str | None = None) -> int:
+    """The detection stride ``backend`` (auto or a registered name) recommends: the one a run
+    uses when no stride is given (an explicit one always wins)."""
+    name = resolve(backend, models)[0] if backend == AUTO else (validate_name(backend) or backend)
+    return int(BACKENDS[name].default_det_stride)
+
+
 def model_files(name: str, model_dir: str | None) -> list[ModelFile]:
     """The files a backend would load, without loading it (for config hashes)."""
     return BACKENDS[name].locate(model_dir)
