@@ -16,8 +16,7 @@ bench/long_title.py), then measured in this one process:
     shared) and the CPU seconds the run took in this process and its children; peak RSS of this
     process. Without ``--stride`` the strides are half, once and twice
     the backend's recommended stride (``default_det_stride``: 1 and 2 for most, 2 4 8 for dlib).
-    dlib computes descriptors in a child process, so its "embed" busy time is the time the
-    embed stage waited for descriptors not yet done, and this process's CPU time leaves it out.
+    dlib computes its descriptors in torch in this process (``harvest.faces.dlib_resnet``).
 ``--device cuda`` runs the torch backend on the GPU and also prints GPU utilisation
 (``torch.cuda.utilization`` when available). It measures and prints; it asserts nothing.
 """
@@ -51,8 +50,8 @@ def decode_only(path: str, chunk_frames: int) -> tuple[int, float]:
 
 
 def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its live child processes (dlib's
-    descriptor workers), from /proc; this process only where /proc is missing."""
+    """CPU time (user + system) of this process and of its live child processes, from /proc;
+    this process only where /proc is missing."""
     total = time.process_time()
     try:
         tick = os.sysconf("SC_CLK_TCK")
