@@ -153,7 +153,7 @@ def test_crops_options_are_part_of_the_config_hash():
     assert HarvestConfig(crops="all").content_hash("insightface") != base
     assert HarvestConfig(crops_per_track=8).content_hash("insightface") != base
     args = parse(["run", "--input", "x", "--output", "y", "--crops", "none",
-                  "--crops-per-track", "5"])
+                  "--crops-per-track", "5", "--det-stride", "1"])
     assert config_from(args) == HarvestConfig(crops="none", crops_per_track=5)
     with pytest.raises(ValueError):
         HarvestConfig(crops="some")
