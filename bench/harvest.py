@@ -8,7 +8,8 @@
 For each resolution a title of ``--seconds`` at 25 fps is generated on disk (faces from
 ``harvest.samples`` drifting on textured backgrounds, cuts every 2-10 s; the same renderer as
 bench/long_title.py), then measured in this one process:
-  * decode only (``ChunkedVideoReader``, every frame decoded);
+  * decode only (the reader the harvest uses, ``harvest.readers``: every frame decoded and
+    delivered where the backend wants it);
   * the harvest of the title (``harvest_title``: decode -> shots -> detect -> align/embed ->
     tracks -> mining -> spill) at each ``--stride``, stages overlapped in threads;
   * each stage's busy time, the harvest/decode-only throughput ratio, and real-time factor
@@ -17,8 +18,10 @@ bench/long_title.py), then measured in this one process:
     process. Without ``--stride`` the strides are half, once and twice
     the backend's recommended stride (``default_det_stride``: 1 and 2 for most, 2 4 8 for dlib).
     dlib computes its descriptors in torch in this process (``harvest.faces.dlib_resnet``).
-``--device cuda`` runs the torch backend on the GPU and also prints GPU utilisation
-(``torch.cuda.utilization`` when available). It measures and prints; it asserts nothing.
+``--device cuda`` runs the torch backend on the GPU (frames decoded by NVDEC where PyNvVideoCodec
+is installed, ``--decoder pyav`` for CPU decode + upload) and also prints each run's mean GPU
+utilisation (NVML, sampled every 0.2 s) and peak GPU memory. ``--decoder`` picks the reader
+for the decode-only run and the harvest alike. It measures and prints; it asserts nothing.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.append(HERE)          # after the repo: this file's name would shadow the package
 
 from harvest.config import HarvestConfig, RunOptions  # noqa: E402
-from harvest.decode import ChunkedVideoReader  # noqa: E402
+from harvest.readers import choices as decoder_choices, open_reader  # noqa: E402
 from harvest.faces.registry import BACKENDS, load_backend  # noqa: E402
 from harvest.pipeline import harvest_title  # noqa: E402
 
@@ -42,11 +45,52 @@ SHARED = os.path.join(os.path.dirname(HERE), "..", "shared")
 FPS = 25.0
 
 
-def decode_only(path: str, chunk_frames: int) -> tuple[int, float]:
+def decode_only(path: str, chunk_frames: int, decoder: str = "auto", device=None) -> tuple[int, float, str]:
+    """Every frame through the reader the harvest would use (``harvest.readers``), delivered
+    where the backend wants it (numpy, or tensors on its device): frames, seconds, reader."""
     t0 = time.perf_counter()
-    with ChunkedVideoReader(path, chunk_frames=chunk_frames) as r:
-        n = sum(len(c.frames) for c in r.chunks())
-    return n, time.perf_counter() - t0
+    with open_reader(path, decoder=decoder, device=device, chunk_frames=chunk_frames) as r:
+        n = 0
+        for c in r.chunks():
+            n += len(c.frames)
+        if device is not None and device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(device)
+        name = r.name + (f" (fallback: {r.fallback})" if r.fallback else "")
+    return n, time.perf_counter() - t0, name
+
+
+class GpuSampler:
+    """Mean GPU utilisation (%) over a run, sampled every 0.2 s in a thread through NVML
+    (``torch.cuda.utilization``); ``mean`` is None without a GPU or NVML."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.samples, self._stop = enabled, [], None
+
+    def __enter__(self):
+        if self.enabled:
+            import threading
+            import torch
+            self._stop = threading.Event()
+
+            def loop():
+                while not self._stop.wait(0.2):
+                    try:
+                        self.samples.append(torch.cuda.utilization())
+                    except Exception:  # noqa: BLE001 - no NVML: no figure
+                        return
+            self._thread = threading.Thread(target=loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mean(self):
+        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def cpu_seconds() -> float:
@@ -89,6 +133,8 @@ def main(argv=None) -> int:
                     help="detection strides (default: half, once and twice the backend's own)")
     ap.add_argument("--backend", default="insightface")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--decoder", default="auto", choices=decoder_choices(),
+                    help="frame reader (auto: NVDEC where the backend runs on a GPU and can)")
     ap.add_argument("--models", default=None)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--det-batch", type=int, default=RunOptions().det_batch)
@@ -103,7 +149,7 @@ def main(argv=None) -> int:
         a.stride = sorted({max(1, d // 2), d, 2 * d})
     base = HarvestConfig(backend=backend_name, models=models)
     backend = load_backend(base, use_gpu=a.device == "cuda", threads=a.threads)
-    options = RunOptions(det_batch=a.det_batch)
+    options = RunOptions(det_batch=a.det_batch, decoder=a.decoder)
     print(f"backend {backend.name} ({', '.join(m.name for m in backend.model_files)}), "
           f"device {getattr(backend, 'device', 'cpu')}, threads {a.threads}, cpus {os.cpu_count()}, "
           f"det_batch {a.det_batch}, load average {os.getloadavg()[0]:.2f}")
@@ -127,35 +173,37 @@ def main(argv=None) -> int:
     for name, video in videos:
         measure(video, backend, HarvestConfig(backend=backend_name, models=models,
                                               det_stride=max(a.stride)), options)   # warm-up
-        n, dec = decode_only(video, options.chunk_frames)
-        rows.append((name, "decode only", n, dec, None, None, {}, os.getloadavg()[0], None))
+        with GpuSampler(a.device == "cuda") as gpu:
+            n, dec, reader = decode_only(video, options.chunk_frames, a.decoder, backend.frame_device)
+        print(f"  {name}: decoded by {reader}", flush=True)
+        rows.append((name, "decode only", n, dec, None, None, {}, os.getloadavg()[0], None, gpu.mean))
         for stride in a.stride:
             cfg = HarvestConfig(backend=backend_name, models=models, det_stride=stride)
-            m = measure(video, backend, cfg, options)
+            with GpuSampler(a.device == "cuda") as gpu:
+                m = measure(video, backend, cfg, options)
             rows.append((name, f"harvest stride {stride}", m["frames"], m["seconds"], m["faces"],
-                         dec, m["busy"], os.getloadavg()[0], m["cpu"]))
+                         dec, m["busy"], os.getloadavg()[0], m["cpu"], gpu.mean))
             print(f"  {name} stride {stride}: {m['frames'] / m['seconds'] / FPS:.2f}x real time "
-                  f"(load {rows[-1][-2]:.2f}, cpu {m['cpu']:.0f} s)", flush=True)
+                  f"(load {rows[-1][-3]:.2f}, cpu {m['cpu']:.0f} s)", flush=True)
     backend.close()
     print(f"\n{'title':10s} {'run':18s} {'frames':>7s} {'s':>8s} {'fr/s':>8s} {'x real':>7s} "
-          f"{'/decode':>8s} {'faces':>7s} {'load':>5s} {'cpu s':>7s}  stage busy s "
+          f"{'/decode':>8s} {'faces':>7s} {'load':>5s} {'cpu s':>7s} {'gpu %':>6s}  stage busy s "
           f"(decode, detect, embed, track_mine)")
-    for name, run, n, secs, faces, dec, busy, load, cpu in rows:
+    for name, run, n, secs, faces, dec, busy, load, cpu, util in rows:
         fps = n / secs
         ratio = f"{dec / secs:8.3f}" if dec else f"{'':8s}"
         stages = ", ".join(f"{k} {v:.1f}" for k, v in busy.items())
         print(f"{name:10s} {run:18s} {n:7d} {secs:8.2f} {fps:8.1f} {fps / FPS:7.2f} {ratio} "
               f"{faces if faces is not None else '':>7} {load:5.2f} "
-              f"{f'{cpu:7.1f}' if cpu is not None else '':>7}  {stages}")
+              f"{f'{cpu:7.1f}' if cpu is not None else '':>7} "
+              f"{f'{util:6.0f}' if util is not None else '':>6}  {stages}")
     print("\ncpu s: CPU time of this process and its child processes during the run; on a "
           "shared machine (load above the core count) x real time is bounded by the CPU share")
     print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
     if a.device == "cuda":
         import torch
-        try:
-            print(f"GPU utilisation (last sample): {torch.cuda.utilization()} %")
-        except Exception as exc:  # noqa: BLE001 - needs pynvml; report why not
-            print(f"GPU utilisation unavailable: {exc}")
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB; gpu %: mean "
+              "NVML utilisation sampled every 0.2 s during the run (blank: NVML unavailable)")
     return 0
 
 

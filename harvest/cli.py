@@ -43,12 +43,20 @@ def _backends() -> dict:
     return BACKENDS
 
 
+def _decoders() -> list[str]:
+    from harvest.readers import choices
+    return choices()
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     d = RunOptions()
     g = p.add_argument_group("execution (never changes shard content)")
     g.add_argument("--workers", type=int, default=d.workers, help="Ray actors (default: CPUs / --cpus-per-worker)")
     g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
     g.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
+    g.add_argument("--titles-per-worker", type=int, default=d.titles_per_worker,
+                   help="titles a worker harvests at once, sharing its loaded models (one GPU "
+                        "worker fed by several decode streams); default 1")
     g.add_argument("--title-timeout", type=float, default=d.title_timeout,
                    help="seconds a title may run on a live worker")
     g.add_argument("--max-attempts", type=int, default=d.max_attempts,
@@ -56,6 +64,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--start-timeout", type=float, default=d.start_timeout,
                    help="seconds a worker may take to start before it is given up")
     g.add_argument("--chunk-frames", type=int, default=d.chunk_frames)
+    g.add_argument("--decoder", default=d.decoder, choices=_decoders(),
+                   help="frame reader: auto (NVDEC where the backend runs on a GPU and the stream "
+                        "allows, else PyAV on the CPU), nvdec or pyav; recorded per shard")
     g.add_argument("--det-batch", type=int, default=d.det_batch)
     g.add_argument("--embed-batch", type=int, default=d.embed_batch)
     g.add_argument("--no-retry-failed", action="store_true")
@@ -108,9 +119,11 @@ def config_from(args) -> HarvestConfig:
 
 def options_from(args) -> RunOptions:
     return RunOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                      gpus_per_worker=args.gpus_per_worker, title_timeout=args.title_timeout,
+                      gpus_per_worker=args.gpus_per_worker,
+                      titles_per_worker=args.titles_per_worker, title_timeout=args.title_timeout,
                       max_attempts=args.max_attempts, start_timeout=args.start_timeout,
-                      chunk_frames=args.chunk_frames, det_batch=args.det_batch,
+                      chunk_frames=args.chunk_frames, decoder=args.decoder,
+                      det_batch=args.det_batch,
                       embed_batch=args.embed_batch, retry_failed=not args.no_retry_failed,
                       progress=not args.no_progress, scratch_dir=args.scratch_dir)
 

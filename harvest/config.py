@@ -62,10 +62,12 @@ class RunOptions:
     workers: int | None = None        # Ray actors; None: one per `cpus_per_worker` CPUs
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    titles_per_worker: int = 1        # titles one worker harvests at once, sharing its models
     title_timeout: float = 3600.0     # seconds before a title is declared hung and killed
     max_attempts: int = 3             # tries per title when its actor/worker/node dies
     start_timeout: float = 600.0      # seconds an actor may take to start (node launch, models)
     chunk_frames: int = 32            # frames decoded per contiguous chunk
+    decoder: str = "auto"             # frame reader (harvest.readers): auto, nvdec or pyav
     det_batch: int = 8                # frames per detector call
     embed_batch: int = 64             # aligned faces per embedder call
     pipelined: bool = True            # overlap decode / detect / embed in threads
@@ -73,3 +75,9 @@ class RunOptions:
     progress: bool = True
     scratch_dir: str | None = None    # where remote videos are staged
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.titles_per_worker < 1:
+            raise ValueError("titles_per_worker must be >= 1")
+        from harvest.readers import validate_name
+        validate_name(self.decoder)

@@ -38,7 +38,8 @@ from typing import Iterator
 import av
 import numpy as np
 
-__all__ = ["DecodeError", "VideoInfo", "FrameChunk", "ChunkedVideoReader", "MAX_CHUNK_BYTES"]
+__all__ = ["DecodeError", "VideoInfo", "FrameChunk", "ChunkedVideoReader", "MAX_CHUNK_BYTES",
+           "chunk_frames_within", "truncation"]
 
 # One chunk of decoded RGB frames is kept at or below this many bytes (at least one frame):
 # 32 frames of 4K would be 800 MB; at this bound 360p chunks keep their 32 frames, 720p ones hold
@@ -80,11 +81,12 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class FrameChunk:
-    """Frames ``start .. stop-1`` of the video; ``frames`` is (n, H, W, 3) uint8 RGB;
-    ``pts`` is (n,) float64, each frame's presentation time in seconds (None: unknown, use
-    frame index / fps)."""
+    """Frames ``start .. stop-1`` of the video; ``frames`` is (n, H, W, 3) uint8 RGB: a numpy
+    array, or a torch tensor on the device the face backend runs on (a reader given a
+    ``device``); ``pts`` is (n,) float64, each frame's presentation time in seconds (None:
+    unknown, use frame index / fps)."""
     start: int
-    frames: np.ndarray
+    frames: "np.ndarray | torch.Tensor"  # noqa: F821
     pts: np.ndarray | None = None
 
     @property
@@ -115,13 +117,42 @@ def _mp4_truncation(path: str) -> tuple[bool, bool, int]:
     return looks_mp4, has_moov, max(0, pos - size) if looks_mp4 else 0
 
 
+def chunk_frames_within(chunk_frames: int, info: "VideoInfo", max_chunk_bytes: int | None) -> int:
+    """Frames per chunk: ``chunk_frames``, shrunk so one chunk of RGB frames stays within
+    ``max_chunk_bytes`` (at least one frame). One rule for every reader."""
+    if chunk_frames < 1:
+        raise ValueError("chunk_frames must be >= 1")
+    if max_chunk_bytes is None:
+        return chunk_frames
+    return max(1, min(chunk_frames, max_chunk_bytes // (info.width * info.height * 3)))
+
+
+def truncation(path: str, reported: int, got: int, *, tail_slack: int = 8, skipped: int = 0,
+               stop_reason: str = "", last_error: str = "") -> str:
+    """After the last decoded frame: why the file counts as ended early, or "" if it does not.
+    One rule for every reader: a demuxer stop or a short MP4 is truncation, and so is getting
+    more than ``tail_slack`` frames fewer than the container reports."""
+    _, _, missing = _mp4_truncation(path)
+    skipped_txt = f"; {skipped} packets undecodable" if skipped else ""
+    why = stop_reason or (f"last decoder error: {last_error}" if last_error else "")
+    why = f" ({why})" if why else ""
+    if missing or stop_reason:
+        return (f"decoding stopped after {got} of {reported} reported frames"
+                + (f"; file is {missing} bytes short of its last box" if missing else "")
+                + skipped_txt + why)
+    if reported - got > tail_slack:
+        return f"only {got} of {reported} reported frames decodable{skipped_txt}{why}"
+    return ""
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 class ChunkedVideoReader:
-    """Read a video as consecutive :class:`FrameChunk` s (frame 0 upward), never seeking.
+    """Read a video as consecutive :class:`FrameChunk` s (frame 0 upward), never seeking: the
+    ``pyav`` reader of the reader registry (``harvest.readers``), decoding on the CPU.
 
     Holds at most one chunk (``chunk_frames`` x H x W x 3 bytes, ``chunk_frames`` shrunk so a
     chunk stays within ``max_chunk_bytes``) plus the decoder's own few frames. The first frame
@@ -129,13 +160,21 @@ class ChunkedVideoReader:
     :meth:`chunks`, ``frames_read`` is the true number of decoded frames, ``skipped_packets``
     the packets the decoder rejected; ``truncated`` / ``truncated_reason`` say whether decoding
     stopped early on a damaged or short file.
+
+    With a torch ``device`` each chunk is handed on as a uint8 tensor on that device (uploaded
+    from pinned memory on CUDA, in the decode thread, so the copy overlaps detection): the
+    CPU-decode, GPU-inference path.
     """
+    name = "pyav"
 
     def __init__(self, path: str, chunk_frames: int = 32, num_threads: int = 0,
-                 tail_slack: int = 8, max_chunk_bytes: int | None = MAX_CHUNK_BYTES):
+                 tail_slack: int = 8, max_chunk_bytes: int | None = MAX_CHUNK_BYTES,
+                 device=None):
         if chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
         self.path, self.num_threads, self.tail_slack = str(path), num_threads, tail_slack
+        self.device = device
+        self.fallback = ""          # why a preferred reader was not used (set by the registry)
         self.frames_read, self.skipped_packets = 0, 0
         self.truncated, self.truncated_reason = False, ""
         self._stop_reason = self._last_error = ""
@@ -151,9 +190,7 @@ class ChunkedVideoReader:
         except BaseException:
             self.close()
             raise
-        frame_bytes = self.info.width * self.info.height * 3
-        self.chunk_frames = chunk_frames if max_chunk_bytes is None else \
-            max(1, min(chunk_frames, max_chunk_bytes // frame_bytes))
+        self.chunk_frames = chunk_frames_within(chunk_frames, self.info, max_chunk_bytes)
 
     # -- open / probe --------------------------------------------------------------------------
 
@@ -275,27 +312,26 @@ class ChunkedVideoReader:
             if k == 0:
                 break
             self.frames_read = start + k
-            yield FrameChunk(start, buf[:k], pts[:k])
+            yield FrameChunk(start, buf[:k] if self.device is None else self._upload(buf[:k]),
+                             pts[:k])
             start += k
             if k < n:
                 break
         self._finish()
 
+    def _upload(self, frames: np.ndarray):
+        import torch
+        t = torch.from_numpy(frames)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def _finish(self) -> None:
         """After the last frame: decide whether the file ended early."""
-        n, got = self.info.reported_frames, self.frames_read
-        _, _, missing = _mp4_truncation(self.path)
-        skipped = f"; {self.skipped_packets} packets undecodable" if self.skipped_packets else ""
-        why = self._stop_reason or (f"last decoder error: {self._last_error}" if self._last_error else "")
-        why = f" ({why})" if why else ""
-        if missing or self._stop_reason:
-            self.truncated = True
-            self.truncated_reason = (f"decoding stopped after {got} of {n} reported frames"
-                                     + (f"; file is {missing} bytes short of its last box" if missing else "")
-                                     + skipped + why)
-        elif n - got > self.tail_slack:
-            self.truncated = True
-            self.truncated_reason = f"only {got} of {n} reported frames decodable{skipped}{why}"
+        self.truncated_reason = truncation(
+            self.path, self.info.reported_frames, self.frames_read, tail_slack=self.tail_slack,
+            skipped=self.skipped_packets, stop_reason=self._stop_reason, last_error=self._last_error)
+        self.truncated = bool(self.truncated_reason)
 
     def close(self) -> None:
         c, self._container = getattr(self, "_container", None), None

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harvest.config import HarvestConfig, RunOptions
-from harvest.decode import ChunkedVideoReader, VideoInfo
+from harvest.decode import VideoInfo
 from harvest.faces.base import Detections, FaceBackend
 from harvest.miners import mine_tracklets, nearest_cannot_linked, valid_links
 from harvest.miners.base import l2_normalize
+from harvest.readers import open_reader
 from harvest.quality import blur_score, face_quality, face_size, mad_outliers, track_quality
 from harvest.schema import N_TRACKLETS
 from harvest.shard import SpillWriter, TitleColumns, TrackRow, encode_crops, write_shard_file
@@ -123,11 +124,13 @@ class TitleResult:
     tracks: TitleTracks
     times: StageTimes
     seconds: float
+    decoder: str = "pyav"      # the reader that decoded the title (``harvest.readers``)
+    decoder_fallback: str = ""  # why a preferred reader was not used, if one was passed over
 
 
 # -- stages ----------------------------------------------------------------------------------
 
-def decode_stage(reader: ChunkedVideoReader, shots: ShotDetector, fps: float, on_progress=None):
+def decode_stage(reader, shots: ShotDetector, fps: float, on_progress=None):
     def stage(_start: Iterator) -> Iterator:
         for _ in _start:
             for chunk in reader.chunks():
@@ -150,7 +153,8 @@ def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: f
             picks = [i for i in range(len(chunk.frames)) if (chunk.start + i) % stride == 0]
             for s in range(0, len(picks), batch):
                 idx = picks[s:s + batch]
-                frames = [chunk.frames[i] for i in idx]
+                frames = [chunk.frames[i] for i in idx] if isinstance(chunk.frames, np.ndarray) \
+                    else chunk.frames[idx[0]:idx[-1] + 1:stride]     # a view of a device tensor
                 for i, frame, dets in zip(idx, frames, backend.detect(frames)):
                     dets = dets.keep(face_size(dets.boxes) >= min_face_size)
                     if len(dets):
@@ -388,7 +392,8 @@ def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
     t0 = time.perf_counter()
     times = StageTimes()
     shots = ShotDetector(config.shot_threshold, config.min_shot_frames)
-    with ChunkedVideoReader(path, chunk_frames=options.chunk_frames) as reader:
+    with open_reader(path, decoder=options.decoder, device=backend.frame_device,
+                     chunk_frames=options.chunk_frames) as reader:
         fps = reader.info.fps if reader.info.fps and reader.info.fps > 0 else 25.0
         tracker = TitleTracker(config, fps, backend.embedding_dim, options.scratch_dir)
         try:
@@ -408,4 +413,4 @@ def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
             tracker.close()
             raise
     return TitleResult(info, frames, list(shots.boundaries), tracks, times,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, reader.name, reader.fallback)

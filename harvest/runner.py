@@ -9,6 +9,9 @@ The driver's rules:
   pending actors the cluster has no room for are killed;
 - a title's deadline (``title_timeout``) counts only from the moment it is handed to a live actor;
   a title over it gets its actor killed and a "failed" record (not retried: it would hang again);
+  an actor may harvest ``titles_per_worker`` titles at once (one slot each), and a title over its
+  deadline beside others is run again alone first (a hang stops every title in the process, so
+  the one that hung is only known when it hangs alone);
 - a system failure (actor, worker process or node died) is not the title's fault: the title goes
   back to the queue, up to ``max_attempts`` attempts; bad input (the worker's own "failed" record)
   is final;
@@ -80,7 +83,8 @@ def _ray():
 
 
 def _actor_class(ray):
-    # Two threads: one harvests, the other answers progress() while it does.
+    # Threads: one per title it harvests at once (``titles_per_worker``, sharing the one loaded
+    # backend), and one that answers progress() meanwhile (max_concurrency is set at spawn).
     @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)
     class HarvestActor:
         def __init__(self, output_url, config, options, threads):
@@ -96,8 +100,8 @@ def _actor_class(ray):
             storage.write_record(self.fs, self.root, record)
             return record
 
-        def progress(self) -> dict | None:
-            return getattr(self.worker, "progress", None)
+        def progress(self, title_id: str) -> dict | None:
+            return self.worker.progress(title_id)
     return HarvestActor
 
 
@@ -140,14 +144,17 @@ class _Run:
         Actor = _actor_class(ray)
         env = fault_env()
         opts = dict(num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
+                    max_concurrency=options.titles_per_worker + 1,
                     runtime_env={"env_vars": env} if env else None)
         threads = max(1, int(options.cpus_per_worker))
         self.spawn_actor = lambda: Actor.options(**opts).remote(output_url, config, options, threads)
         self.queue = list(plan.todo)
         self.attempts = {s.title_id: 0 for s in plan.todo}
         self.pending: dict = {}     # ready ref -> (actor, spawned at)
-        self.idle: list = []        # (actor, node_id)
+        self.idle: list = []        # (actor, node_id): one entry per free title slot
         self.running: dict = {}     # process ref -> (actor, node_id, source, started)
+        self.reserved: dict = {}    # process ref -> slots it holds beyond its own (a solo run)
+        self.solo: set = set()      # title_ids to run alone on a worker (timed out beside others)
         self.polls: dict = {}       # progress ref -> process ref
         self.positions: dict = {}   # title_id -> last progress dict
         self.records: list = []
@@ -172,13 +179,23 @@ class _Run:
         self.record(record)
 
     def kill(self, actor) -> None:
+        """Kill an actor and forget its free slots; its running titles come back through
+        ``finished`` as system failures (retried), except the one a deadline killed it for."""
+        self.idle = [slot for slot in self.idle if slot[0] is not actor]
         try:
             self.ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
 
+    def live(self) -> dict:
+        """Started actors (by identity) -> titles running on each."""
+        out = {id(a): [a, 0] for a, _ in self.idle}
+        for a, *_ in self.running.values():
+            out.setdefault(id(a), [a, 0])[1] += 1
+        return out
+
     def held(self) -> int:
-        return len(self.pending) + len(self.idle) + len(self.running)
+        return len(self.pending) + len(self.live())
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -203,17 +220,20 @@ class _Run:
         now = time.monotonic()
         if now - self.cap_at >= CAPACITY_EVERY:
             self.cap, self.cap_at = capacity(self.ray, self.options), now
-        want = min(self.options.workers or max(1, self.cap), len(self.queue) + len(self.running))
-        live = len(self.idle) + len(self.running)
+        per = self.options.titles_per_worker
+        want = min(self.options.workers or max(1, self.cap),
+                   math.ceil((len(self.queue) + len(self.running)) / per))
+        live = len(self.live())
         while self.held() < want:
             actor = self.spawn_actor()
             self.pending[actor.ready.remote()] = (actor, now)
         surplus = self.held() - max(want, live)
         for ref in sorted(self.pending, key=lambda r: -self.pending[r][1])[:max(0, surplus)]:
             self.kill(self.pending.pop(ref)[0])
-        if not self.queue:                      # nothing left to hand out
-            while self.idle:
-                self.kill(self.idle.pop()[0])
+        if not self.queue:                      # nothing left to hand out: free the idle actors
+            for actor, running in list(self.live().values()):
+                if running == 0:
+                    self.kill(actor)
         for ref, (actor, since) in list(self.pending.items()):
             if now - since > self.options.start_timeout:
                 self.pending.pop(ref)
@@ -225,11 +245,30 @@ class _Run:
         self.last_error = error
 
     def dispatch(self) -> None:
+        """Hand queued titles to free slots, the least busy actor's first. A title that timed out
+        while sharing a worker runs alone next time (all of one idle actor's slots), so a hang
+        is blamed on the title that hangs and not on the one beside it."""
         while self.queue and self.idle:
-            (actor, node), source = self.idle.pop(), self.queue.pop(0)
+            live = self.live()
+            k = next((i for i, s in enumerate(self.queue) if s.title_id not in self.solo), None)
+            free = [a for a, n in live.values() if n == 0]
+            if self.solo and free:
+                k = next((i for i, s in enumerate(self.queue) if s.title_id in self.solo), k)
+            if k is None:
+                return                      # only solo titles left and no actor is free
+            source = self.queue.pop(k)
+            if source.title_id in self.solo:
+                actor = free[0]
+                node = next(n for a, n in self.idle if a is actor)
+                extra = sum(a is actor for a, _ in self.idle) - 1
+                self.idle = [slot for slot in self.idle if slot[0] is not actor]
+            else:
+                i = min(range(len(self.idle)), key=lambda i: live[id(self.idle[i][0])][1])
+                (actor, node), extra = self.idle.pop(i), 0
             self.attempts[source.title_id] += 1
             ref = actor.process.remote(source, self.attempts[source.title_id])
             self.running[ref] = (actor, node, source, time.monotonic())
+            self.reserved[ref] = extra
             self.positions[source.title_id] = {"title_id": source.title_id, "node_id": node,
                                                "frames": 0, "total": 0, "fps": 0.0,
                                                "attempt": self.attempts[source.title_id]}
@@ -255,10 +294,11 @@ class _Run:
             self.start_failed(_one_line(exc))
             return
         self.start_failures = 0
-        self.idle.append((actor, node))
+        self.idle.extend([(actor, node)] * self.options.titles_per_worker)
 
     def finished(self, ref) -> None:
         actor, node, source, started = self.running.pop(ref)
+        extra = self.reserved.pop(ref, 0)
         try:
             record = self.ray.get(ref)
         except system_errors() as exc:
@@ -278,18 +318,35 @@ class _Run:
             clean_temp_files(self.fs, self.root, [source.title_id])
             self.fail(source, f"worker error: {_one_line(exc)}", time.monotonic() - started)
             return
-        self.idle.append((actor, node))
+        self.idle.extend([(actor, node)] * (1 + extra))
         self.record(record)
 
     def check_deadlines(self) -> None:
+        """A title over ``title_timeout`` gets its actor killed. Alone on it, the title fails
+        (it would hang again). Beside other titles, a hang in one (holding the GIL, say) stops
+        them all, so the titles over the deadline go back to the queue to run alone, up to
+        ``max_attempts``; the others on the actor come back through ``finished`` as a lost
+        worker (retried)."""
         now = time.monotonic()
         for ref, (actor, _, source, started) in list(self.running.items()):
-            if now - started > self.options.title_timeout:
-                self.running.pop(ref)
-                self.kill(actor)
-                clean_temp_files(self.fs, self.root, [source.title_id])
-                self.fail(source, f"TimeoutError: title did not finish within "
-                                  f"{self.options.title_timeout:g} s (worker killed)", now - started)
+            if ref not in self.running or now - started <= self.options.title_timeout:
+                continue
+            shared = [r for r, (a, *_) in self.running.items() if a is actor and r != ref]
+            self.kill(actor)
+            over = [ref] + [r for r in shared if now - self.running[r][3] > self.options.title_timeout]
+            for r in over:
+                _, _, src, began = self.running.pop(r)
+                self.reserved.pop(r, None)
+                tid = src.title_id
+                clean_temp_files(self.fs, self.root, [tid])
+                if shared and self.attempts[tid] < self.options.max_attempts:
+                    self.solo.add(tid)
+                    self.positions.pop(tid, None)
+                    self.queue.insert(0, src)
+                else:
+                    self.fail(src, f"TimeoutError: title did not finish within "
+                                   f"{self.options.title_timeout:g} s (worker killed"
+                                   f"{', ran alone' if tid in self.solo else ''})", now - began)
 
     def give_up_if_stuck(self) -> None:
         """Titles queued and no live actor: wait for one to start, but not forever."""
@@ -328,9 +385,9 @@ class _Run:
             return
         self.poll_at = now
         busy = set(self.polls.values())
-        for pref, (actor, *_) in self.running.items():
+        for pref, (actor, _, source, _) in self.running.items():
             if pref not in busy:
-                self.polls[actor.progress.remote()] = pref
+                self.polls[actor.progress.remote(source.title_id)] = pref
         if self.on_progress is not None:
             self.on_progress([dict(p) for p in self.positions.values()])
 

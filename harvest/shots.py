@@ -19,6 +19,24 @@ def frame_signature(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_RGB2HSV).astype(np.int16)
 
 
+def frame_signatures(frames) -> list[np.ndarray]:
+    """(n, H, W, 3) uint8 RGB frames -> n signatures. A torch tensor (frames kept on the
+    backend's device) is shrunk where it lives, as box averages like ``cv2.INTER_AREA``
+    (identical for the usual 16:9 sizes, which divide exactly; within one grey level otherwise),
+    and only the 72 x 128 thumbnails come to the host."""
+    if isinstance(frames, np.ndarray):
+        return [frame_signature(f) for f in frames]
+    import torch
+    import torch.nn.functional as F
+    with torch.inference_mode():
+        x = frames.permute(0, 3, 1, 2).float()
+        small = F.interpolate(x, size=(_SMALL[1], _SMALL[0]), mode="area")
+        # cv2 rounds the box average half up
+        small = torch.floor(small + 0.5).clamp(0, 255).to(torch.uint8)
+        thumbs = small.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return [cv2.cvtColor(t, cv2.COLOR_RGB2HSV).astype(np.int16) for t in thumbs]
+
+
 def content_change(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over H, S, V of the mean absolute difference of two signatures (hue is circular)."""
     d = np.abs(a - b)
@@ -40,11 +58,11 @@ class ShotDetector:
         self._next_index = 0
 
     def update(self, start: int, frames: np.ndarray) -> None:
-        """frames (n, H, W, 3) uint8 RGB, numbered start..start+n-1, contiguous with the last call."""
+        """frames (n, H, W, 3) uint8 RGB (numpy, or a torch tensor on any device), numbered
+        start..start+n-1, contiguous with the last call."""
         if start != self._next_index:
             raise ValueError(f"frames must arrive in order: expected {self._next_index}, got {start}")
-        for i, frame in enumerate(frames):
-            sig = frame_signature(frame)
+        for i, sig in enumerate(frame_signatures(frames)):
             idx = start + i
             if self._prev is not None:
                 score = content_change(self._prev, sig)

@@ -58,20 +58,27 @@ class TitleWorker:
                                     threads=threads)
         self.backend_name, self.config_hash = config_hash(
             config, self.backend.model_files, self.backend.name)
+        self.positions: dict = {}       # title_id -> progress of each title running here
         warm_up()       # load the shard writer's libraries now (flat RSS over a title)
 
     def track_progress(self, source: Source):
-        """An ``on_progress`` for ``harvest_title`` that keeps ``self.progress`` current (read
-        from another thread by the runner's actor): title_id, frames, total, fps."""
+        """An ``on_progress`` for ``harvest_title`` that keeps ``self.positions[title_id]``
+        current (read from another thread by the runner's actor; a worker may harvest several
+        titles at once): title_id, frames, total, fps."""
         started = time.perf_counter()
-        self.progress = {"title_id": source.title_id, "frames": 0, "total": 0, "fps": 0.0}
+        tid = source.title_id
+        self.positions[tid] = {"title_id": tid, "frames": 0, "total": 0, "fps": 0.0}
 
         def update(frames: int, total: int) -> None:
             elapsed = time.perf_counter() - started
-            self.progress = {"title_id": source.title_id, "frames": int(frames),
-                             "total": int(total or 0),
-                             "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0}
+            self.positions[tid] = {"title_id": tid, "frames": int(frames),
+                                   "total": int(total or 0),
+                                   "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0}
         return update
+
+    def progress(self, title_id: str) -> dict | None:
+        """Where the running title ``title_id`` is (None when it is not running here)."""
+        return self.positions.get(title_id)
 
     def metadata(self, source: Source, result) -> dict:
         files = {m.role: m for m in self.backend.model_files}
@@ -85,6 +92,7 @@ class TitleWorker:
             "coded_width": result.info.coded_width, "coded_height": result.info.coded_height,
             "rotation": result.info.rotation, "sample_aspect_ratio": result.info.sample_aspect_ratio,
             "time_base": result.info.time_base, "interlaced": result.info.interlaced,
+            "decoder": result.decoder, "decoder_fallback": result.decoder_fallback,
             "backend": self.backend_name,
             "detector_file": files["detector"].name, "detector_sha256": files["detector"].sha256,
             "embedder_file": files["embedder"].name, "embedder_sha256": files["embedder"].sha256,
@@ -113,6 +121,8 @@ class TitleWorker:
             error = f"{type(exc).__name__}: {exc}".strip()
             if not _is_expected(exc):
                 error += "\n" + traceback.format_exc(limit=4)
+        finally:
+            self.positions.pop(source.title_id, None)
         record = finish(record, error, started)
         storage.write_record(self.fs, self.root, record)
         return record

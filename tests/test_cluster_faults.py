@@ -204,3 +204,54 @@ def test_driver_killed_then_rerun_gives_identical_shards(cluster, clips, tmp_pat
     assert_each_title_once(out, 4)
     for shard in (ref / "shards").glob("*.parquet"):
         assert (out / "shards" / shard.name).read_bytes() == shard.read_bytes(), shard.name
+
+
+def test_titles_sharing_a_worker_give_the_same_shards(cluster, clips, tmp_path):
+    """One 1-CPU worker harvesting two titles at once (``--titles-per-worker 2``, one loaded
+    backend shared by both threads) writes the same shards, byte for byte, as one at a time."""
+    import hashlib
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        shutil.copy(clips / f"clip_{i}.mp4", d / f"clip_{i}.mp4")
+    seen = []
+    runs = {}
+    for per in (1, 2):
+        out = tmp_path / f"out{per}"
+        assert main(run_args(d, out, "--workers", "1", "--titles-per-worker", str(per))) == EXIT_OK
+        assert_each_title_once(out, 3)
+        runs[per] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                     for p in (out / "shards").glob("*.parquet")}
+    assert runs[1] == runs[2]
+
+    # both slots of the one actor are handed out at once: the driver's own view of the run
+    from harvest.config import HarvestConfig, RunOptions
+    config = HarvestConfig(models=need(FACE_PACK), det_size=320)
+    options = RunOptions(workers=1, titles_per_worker=2, progress=False)
+    plan = runner.plan_run(str(d), str(tmp_path / "out3"), config, options)
+    records = runner.harvest_sources(plan, str(tmp_path / "out3"), config, options,
+                                     on_progress=lambda pos: seen.append(len(pos)))
+    assert [r["status"] for r in records] == ["done"] * 3
+    assert max(seen) == 2
+
+
+def test_a_hung_title_takes_the_title_beside_it_down_and_that_one_is_retried(cluster, clips, tmp_path,
+                                                                              monkeypatch):
+    """Two titles share a worker; one hangs holding the GIL, so both stop and the worker is
+    killed at the deadline. Which one hung cannot be told, so each runs again alone: the hung
+    one times out alone and fails, the one beside it is done on its second attempt."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("good.mp4", "hang.mp4"):
+        shutil.copy(clips / "clip_0.mp4", d / name)
+    monkeypatch.setenv("HARVEST_FAULT_HANG_ON", "hang.mp4")
+    out = tmp_path / "out"
+    code = main(run_args(d, out, "--titles-per-worker", "2", "--title-timeout", "12",
+                         "--max-attempts", "2"))
+    assert code == EXIT_TITLES_FAILED
+    recs = records_of(out)
+    assert recs["hang.mp4"]["status"] == "failed" and recs["hang.mp4"]["attempts"] == 2
+    assert recs["hang.mp4"]["error"].startswith("TimeoutError")
+    assert "ran alone" in recs["hang.mp4"]["error"]
+    assert recs["good.mp4"]["status"] == "done" and recs["good.mp4"]["attempts"] == 2
+    assert validate_main(str(out)) == 0

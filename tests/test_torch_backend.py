@@ -107,16 +107,23 @@ def test_harvest_gives_the_same_tracks_with_either_backend(tmp_path):
     import pyarrow.parquet as pq
     from harvest.sources import list_sources
     from harvest.worker import TitleWorker
+    from harvest.schema import read_metadata
     source = list_sources(need(CROWD))[0]
-    tracks = {}
+    tracks, meta = {}, {}
     for name in ("insightface", "torch"):
         config = HarvestConfig(backend=name, models=need(FACE_PACK), det_stride=3)
         record = TitleWorker(str(tmp_path / name), config, threads=2).process(source)
         assert record["status"] == "done", record["error"]
+        meta[name] = read_metadata(pq.read_schema(record["shard_path"]))
         table = pq.read_table(record["shard_path"], columns=["frame_idx", "boxes"]).to_pydict()
         tracks[name] = [(tuple(f), np.array(b, np.float32))
                         for f, b in zip(table["frame_idx"], table["boxes"])]
     a, b = tracks["insightface"], tracks["torch"]
+    # the torch backend takes its frames as tensors on its device (here uploaded by the CPU
+    # reader), and finds the same shots from them as OpenCV from numpy frames
+    assert meta["insightface"]["decoder"] == meta["torch"]["decoder"] == "pyav"
+    assert meta["torch"]["decoder_fallback"] == ""
+    assert meta["torch"]["shot_boundaries"] == meta["insightface"]["shot_boundaries"]
     assert len(a) >= 10
     assert abs(len(a) - len(b)) <= 1
     free, same = list(b), 0                     # same frames, and the same face on every frame

@@ -84,6 +84,13 @@ def file_sha256(path: str) -> str:
     return _SHA_CACHE[key]
 
 
+def check_frame(frame) -> None:
+    """One (H, W, 3) uint8 RGB frame: a numpy array or a torch tensor."""
+    dtype = str(frame.dtype).replace("torch.", "")
+    if frame.ndim != 3 or frame.shape[2] != 3 or dtype != "uint8":
+        raise ValueError(f"expected (H, W, 3) uint8 frames, got {tuple(frame.shape)} {frame.dtype}")
+
+
 class FaceBackend(ABC):
     """Base class: owns thresholds and output validation; subclasses write the model calls.
 
@@ -143,13 +150,20 @@ class FaceBackend(ABC):
     def crop_size(self) -> int:
         return 112
 
-    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
-        """frames: list of (H, W, 3) uint8 RGB -> one Detections per frame."""
-        if not frames:
+    @property
+    def frame_device(self):
+        """Where this backend wants decoded frames: None for numpy arrays on the CPU (the
+        default), or a torch device for uint8 tensors there (readers then decode or upload to
+        it, ``harvest.readers``), so frames decoded on a GPU stay on it."""
+        return None
+
+    def detect(self, frames) -> list[Detections]:
+        """frames: (H, W, 3) uint8 RGB frames (a list of arrays, or for a backend with a
+        ``frame_device`` an (n, H, W, 3) uint8 tensor there) -> one Detections per frame."""
+        if len(frames) == 0:
             return []
         for f in frames:
-            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
-                raise ValueError(f"expected (H, W, 3) uint8 frames, got {f.shape} {f.dtype}")
+            check_frame(f)
         out = self._detect(frames)
         if len(out) != len(frames):
             raise RuntimeError(f"{self.name}: {len(out)} detections for {len(frames)} frames")

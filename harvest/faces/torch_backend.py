@@ -94,6 +94,12 @@ class TorchFaceBackend(OnnxPackBackend):
             self._dim = int(self.recognizer(probe).reshape(1, -1).shape[1])
         self._centers: dict = {}
 
+    @property
+    def frame_device(self):
+        """Frames come as uint8 tensors on this backend's device (decoded there by NVDEC or
+        uploaded by the CPU reader's decode thread); on CPU the same tensor path runs in CI."""
+        return self.device
+
     # -- detection ------------------------------------------------------------------------
     def _to_device(self, frames) -> "torch.Tensor":
         """list of (H, W, 3) uint8 numpy (or one (N, H, W, 3) uint8 tensor already on the
@@ -101,6 +107,8 @@ class TorchFaceBackend(OnnxPackBackend):
         import torch
         if isinstance(frames, torch.Tensor):
             x = frames.to(self.device, non_blocking=True)
+        elif isinstance(frames[0], torch.Tensor):
+            x = torch.stack(list(frames)).to(self.device, non_blocking=True)
         else:
             x = torch.from_numpy(np.stack(frames))
             if self.device.type == "cuda":
@@ -168,7 +176,8 @@ class TorchFaceBackend(OnnxPackBackend):
     def _align(self, frame, dets: Detections) -> np.ndarray:
         import torch
         crops = self.align_on_device(self._to_device([frame]) if isinstance(frame, np.ndarray)
-                                     else frame.unsqueeze(0).permute(0, 3, 1, 2), dets.kps)
+                                     else frame.to(self.device).unsqueeze(0).permute(0, 3, 1, 2),
+                                     dets.kps)
         return crops.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
     def align_on_device(self, frame_nchw, kps: np.ndarray):

@@ -1,0 +1,70 @@
+"""Reader registry: which decoder turns a title into frame chunks.
+
+A reader is one class plus one line in ``READERS``. Each class carries its registry entry:
+``name`` (the ``--decoder`` value), ``priority`` (``auto`` tries readers in increasing priority)
+and ``unusable(info, device)`` (why it cannot decode this stream for a backend that wants frames
+on ``device``; "" when it can). Nothing else names a reader.
+
+The CPU reader (``pyav``, ``harvest.decode.ChunkedVideoReader``) always opens the file first:
+its probe is where bad input is diagnosed (missing, empty, truncated, no video stream, unknown
+codec) and it supplies the ``VideoInfo`` every reader reports. A preferred reader that cannot take
+the title leaves the CPU reader in place with ``fallback`` saying why, so one odd file (a rotated
+phone clip, 10-bit HEVC) never fails a GPU run.
+"""
+from __future__ import annotations
+
+from harvest.decode import MAX_CHUNK_BYTES, ChunkedVideoReader
+from harvest.nvdec import NvdecReader
+
+
+class PyAVReader(ChunkedVideoReader):
+    """Registry entry for the CPU reader: decodes anything FFmpeg can, for any device."""
+    priority = 100
+
+    @classmethod
+    def unusable(cls, info, device) -> str:
+        return ""
+
+
+READERS = (NvdecReader, PyAVReader)
+
+
+def choices() -> list[str]:
+    return ["auto"] + [r.name for r in READERS]
+
+
+def validate_name(name: str) -> None:
+    if name not in choices():
+        raise ValueError(f"unknown decoder {name!r}; choose one of {choices()}")
+
+
+def open_reader(path: str, *, decoder: str = "auto", device=None, chunk_frames: int = 32,
+                max_chunk_bytes: int | None = MAX_CHUNK_BYTES):
+    """The reader for one title. ``decoder``: "auto" (first usable by priority), or a reader's
+    name (used where usable, else the CPU reader with ``fallback`` set). ``device``: where the
+    face backend wants frames (None: numpy frames on the CPU; a torch device: tensors there).
+    Raises ``harvest.decode.DecodeError`` for unreadable input."""
+    validate_name(decoder)
+    cpu = PyAVReader(path, chunk_frames=chunk_frames, max_chunk_bytes=max_chunk_bytes,
+                     device=device)
+    wanted = sorted(READERS, key=lambda r: r.priority) if decoder == "auto" else \
+        [r for r in READERS if r.name == decoder]
+    reasons = []
+    for cls in wanted:
+        if cls is PyAVReader:
+            break
+        why = cls.unusable(cpu.info, device)
+        if why:
+            reasons.append(f"{cls.name}: {why}")
+            continue
+        try:
+            reader = cls(path, cpu.info, device, chunk_frames=chunk_frames,
+                         max_chunk_bytes=max_chunk_bytes)
+        except Exception as e:  # noqa: BLE001 - a GPU decoder that cannot start: the CPU reader
+            reasons.append(f"{cls.name}: {e}")
+            continue
+        cpu.close()
+        return reader
+    if decoder != "auto" or getattr(device, "type", "cpu") == "cuda":
+        cpu.fallback = "; ".join(reasons)   # a GPU run that decodes this title on the CPU says why
+    return cpu
