@@ -38,6 +38,7 @@ sys.path.append(HERE)          # after the repo: this file's name would shadow t
 
 from harvest.config import HarvestConfig, RunOptions  # noqa: E402
 from harvest.readers import choices as decoder_choices, open_reader  # noqa: E402
+from gpu_util import GpuSampler  # noqa: E402
 from harvest.faces.registry import BACKENDS, load_backend  # noqa: E402
 from harvest.pipeline import harvest_title  # noqa: E402
 
@@ -58,39 +59,6 @@ def decode_only(path: str, chunk_frames: int, decoder: str = "auto", device=None
             torch.cuda.synchronize(device)
         name = r.name + (f" (fallback: {r.fallback})" if r.fallback else "")
     return n, time.perf_counter() - t0, name
-
-
-class GpuSampler:
-    """Mean GPU utilisation (%) over a run, sampled every 0.2 s in a thread through NVML
-    (``torch.cuda.utilization``); ``mean`` is None without a GPU or NVML."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.samples, self._stop = enabled, [], None
-
-    def __enter__(self):
-        if self.enabled:
-            import threading
-            import torch
-            self._stop = threading.Event()
-
-            def loop():
-                while not self._stop.wait(0.2):
-                    try:
-                        self.samples.append(torch.cuda.utilization())
-                    except Exception:  # noqa: BLE001 - no NVML: no figure
-                        return
-            self._thread = threading.Thread(target=loop, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._stop is not None:
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def mean(self):
-        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def cpu_seconds() -> float:

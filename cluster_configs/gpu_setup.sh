@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU runtime for the harvest workers: swap the CPU onnxruntime (a dependency of movieface) for
-# the CUDA build, make the CUDA/cuDNN libraries that pip installs findable by the loader, and
+# the CUDA build, add PyNvVideoCodec (NVDEC), make the CUDA/cuDNN libraries that pip installs findable by the loader, and
 # fail if onnxruntime was not built with CUDA. Idempotent: run again after every
 # `pip install -e .`, which brings the CPU onnxruntime back.
 # Used by aws-gpu.yaml and gcp-gpu.yaml (worker_setup_commands) and by the Dockerfile.
@@ -24,5 +24,8 @@ for root in nvidia.__path__:
         print(d)
 PY
 sudo ldconfig
+
+# NVDEC decoding for the torch backend (harvest/nvdec.py; `--decoder auto` uses it where usable)
+pip install --no-cache-dir -q "PyNvVideoCodec>=2.2,<3"
 
 python -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p; print('onnxruntime', o.__version__, p)"

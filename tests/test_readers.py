@@ -106,3 +106,18 @@ def test_shot_boundaries_from_tensor_frames(tmp_path):
                 shots.update(chunk.start, chunk.frames)
         found.append(shots.boundaries)
     assert len(found[0]) > 1 and found[0] == found[1]
+
+
+def test_run_options_and_cli_validate_the_reader_and_slots():
+    from harvest.cli import options_from, parse
+    from harvest.config import RunOptions
+    with pytest.raises(ValueError, match="unknown decoder"):
+        RunOptions(decoder="decord")
+    with pytest.raises(ValueError, match="titles_per_worker"):
+        RunOptions(titles_per_worker=0)
+    args = parse(["run", "--input", "in", "--output", "out", "--decoder", "nvdec",
+                  "--titles-per-worker", "4", "--gpus-per-worker", "1"])
+    opts = options_from(args)
+    assert (opts.decoder, opts.titles_per_worker, opts.gpus_per_worker) == ("nvdec", 4, 1.0)
+    with pytest.raises(SystemExit):
+        parse(["run", "--input", "in", "--output", "out", "--decoder", "decord"])

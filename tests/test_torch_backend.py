@@ -94,6 +94,46 @@ def test_nms_equals_insightface_reference():
         assert list(got) == list(ref)
 
 
+def test_padded_batch_nms_equals_one_image_at_a_time():
+    """Several images' candidates at once (padded, a few NMS cells per group) keep exactly what
+    the per-image greedy sweep keeps."""
+    import torch
+    from harvest.faces import torch_backend
+    rng = np.random.default_rng(1)
+    n, k = 7, 50
+    counts = rng.integers(0, k + 1, n)
+    boxes = np.zeros((n, k, 4), np.float32)
+    valid = np.zeros((n, k), bool)
+    for i, c in enumerate(counts):
+        xy = rng.uniform(0, 150, (c, 2))
+        boxes[i, :c] = np.hstack([xy, xy + rng.uniform(5, 60, (c, 2))])
+        valid[i, :c] = True
+    old = torch_backend._NMS_CELLS
+    try:
+        for cells in (old, 3 * k * k):                       # one group; groups of 3 images
+            torch_backend._NMS_CELLS = cells
+            alive = torch_backend._nms_padded(torch.from_numpy(boxes), torch.from_numpy(valid), 0.4)
+            for i, c in enumerate(counts):
+                one = torch_backend._nms(torch.from_numpy(boxes[i, :c]), 0.4).numpy()
+                assert list(np.flatnonzero(alive[i])) == list(one)
+    finally:
+        torch_backend._NMS_CELLS = old
+
+
+def test_detections_do_not_depend_on_the_batch(backends, crowd_every_5th):
+    """A frame's detections are the same alone and inside a batch of 8 (decoding and NMS run for
+    the whole batch at once)."""
+    _, tb = backends
+    frames = crowd_every_5th[:8]
+    together = tb.detect(frames)
+    for frame, b in zip(frames, together):
+        (a,) = tb.detect([frame])
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.kps, b.kps, atol=1e-3)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
 def test_auto_never_picks_torch_without_cuda():
     import torch
     if torch.cuda.is_available():

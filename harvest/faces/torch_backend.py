@@ -144,33 +144,56 @@ class TorchFaceBackend(OnnxPackBackend):
                 outs = [torch.cat([p[k] for p in per]) for k in range(len(per[0]))]
             else:
                 outs = list(self.detector(blob))
-            return [self._decode([o[i].float() for o in outs], scale, (ih, iw)) for i in range(n)]
+            return self._decode_batch([o.float() for o in outs], n, scale, (ih, iw))
 
-    def _decode(self, outs: list, scale: float, shape: tuple[int, int]) -> Detections:
+    def _decode_batch(self, outs: list, n: int, scale: float, shape: tuple[int, int]) -> list[Detections]:
+        """SCRFD outputs of n images -> n Detections, with a fixed number of host syncs per
+        batch (not per image): the score cut, box and keypoint decoding of every image at once,
+        NMS of every image at once (``_nms_padded``), one copy of the kept faces to the host."""
         import torch
         fmc = self.fmc
-        scores_l, boxes_l, kps_l = [], [], []
+        img_l, scores_l, boxes_l, kps_l = [], [], [], []
         for level, stride in enumerate(self.strides):
-            scores = outs[level].reshape(-1)
-            keep = torch.nonzero(scores >= self.det_threshold).squeeze(1)
-            if keep.numel() == 0:
+            scores = outs[level].reshape(n, -1)
+            img, anchor = torch.nonzero(scores >= self.det_threshold, as_tuple=True)
+            if img.numel() == 0:
                 continue
-            centers = self._anchor_centers(*shape, stride)[keep]
-            d = outs[level + fmc].reshape(-1, 4)[keep] * stride
+            centers = self._anchor_centers(*shape, stride)[anchor]
+            d = outs[level + fmc].reshape(n, -1, 4)[img, anchor] * stride
             boxes_l.append(torch.cat([centers - d[:, :2], centers + d[:, 2:]], dim=1))
-            k = outs[level + 2 * fmc].reshape(-1, 10)[keep] * stride
+            k = outs[level + 2 * fmc].reshape(n, -1, 10)[img, anchor] * stride
             kps_l.append(centers.repeat(1, 5) + k)
-            scores_l.append(scores[keep])
+            scores_l.append(scores[img, anchor])
+            img_l.append(img)
         if not scores_l:
-            return Detections.empty()
-        scores = torch.cat(scores_l)
-        boxes = torch.cat(boxes_l) / scale
-        kps = torch.cat(kps_l) / scale
-        order = torch.argsort(scores, descending=True, stable=True)[:_MAX_CANDIDATES]
-        keep = order[_nms(boxes[order], self.nms_threshold)]
-        return Detections(boxes[keep].cpu().numpy().astype(np.float32),
-                          kps[keep].reshape(-1, 5, 2).cpu().numpy().astype(np.float32),
-                          scores[keep].cpu().numpy().astype(np.float32))
+            return [Detections.empty() for _ in range(n)]
+        img, scores = torch.cat(img_l), torch.cat(scores_l)
+        boxes, kps = torch.cat(boxes_l) / scale, torch.cat(kps_l) / scale
+        # by image, then by score (descending, stable: the order a per-image sort gives)
+        order = torch.argsort(scores, descending=True, stable=True)
+        order = order[torch.argsort(img[order], stable=True)]
+        img_o = img[order]
+        rank = torch.arange(len(order), device=order.device) - \
+            torch.searchsorted(img_o, img_o, side="left")            # place within its image
+        cut = rank < _MAX_CANDIDATES
+        order, img_o, rank = order[cut], img_o[cut], rank[cut]
+        k = int(rank.max()) + 1
+        padded = boxes.new_zeros((n, k, 4))
+        padded[img_o, rank] = boxes[order]
+        valid = torch.zeros((n, k), dtype=torch.bool, device=boxes.device)
+        valid[img_o, rank] = True
+        alive = _nms_padded(padded, valid, self.nms_threshold)
+        keep = order[torch.as_tensor(alive[img_o.cpu().numpy(), rank.cpu().numpy()],
+                                     device=order.device)]
+        img_k = img[keep].cpu().numpy()
+        boxes_k = boxes[keep].cpu().numpy().astype(np.float32)
+        kps_k = kps[keep].reshape(-1, 5, 2).cpu().numpy().astype(np.float32)
+        scores_k = scores[keep].cpu().numpy().astype(np.float32)
+        out = []
+        for i in range(n):
+            m = img_k == i
+            out.append(Detections(boxes_k[m], kps_k[m], scores_k[m]) if m.any() else Detections.empty())
+        return out
 
     # -- alignment and embedding -----------------------------------------------------------
     def _align(self, frame, dets: Detections) -> np.ndarray:
@@ -212,21 +235,38 @@ class TorchFaceBackend(OnnxPackBackend):
 
 def _nms(boxes, threshold: float):
     """Greedy NMS with insightface's +1 pixel area convention. boxes (K, 4) sorted by score
-    (descending), on any device -> indices kept (ascending = by score). The K x K overlap test
-    runs on the device; the sequential sweep runs on a K x K boolean matrix on the host."""
+    (descending), on any device -> indices kept (ascending = by score)."""
     import torch
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    x1, y1, x2, y2 = boxes.unbind(1)
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    w = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None]) + 1).clamp(min=0)
-    h = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None]) + 1).clamp(min=0)
-    inter = w * h
-    over = (inter / (area[:, None] + area[None] - inter) > threshold).cpu().numpy()
-    alive = np.ones(len(over), bool)
-    keep = []
-    for i in range(len(over)):
-        if alive[i]:
-            keep.append(i)
-            alive[i + 1:] &= ~over[i, i + 1:]
+    valid = torch.ones((1, len(boxes)), dtype=torch.bool, device=boxes.device)
+    keep = np.flatnonzero(_nms_padded(boxes[None], valid, threshold)[0])
     return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+_NMS_CELLS = 2**24          # overlap cells computed at once (~20 bytes each on the device)
+
+
+def _nms_padded(boxes, valid, threshold: float) -> np.ndarray:
+    """Greedy NMS of n images at once. boxes (n, K, 4) on any device, each image's rows sorted by
+    score (descending), padded; valid (n, K) bool marks the real rows -> (n, K) bool numpy, the
+    rows kept. Each image's K x K overlap test runs on the device (images in groups of at most
+    ``_NMS_CELLS`` cells); the greedy sweep runs on the host once per rank for all images
+    together (K steps, not one per box)."""
+    import torch
+    n, k = valid.shape
+    alive = valid.cpu().numpy().copy()
+    step = max(1, _NMS_CELLS // max(1, k * k))
+    for s in range(0, n, step):
+        b = boxes[s:s + step]
+        x1, y1, x2, y2 = b.unbind(-1)
+        area = (x2 - x1 + 1) * (y2 - y1 + 1)
+        w = (torch.minimum(x2[:, :, None], x2[:, None]) - torch.maximum(x1[:, :, None], x1[:, None]) + 1).clamp(min=0)
+        h = (torch.minimum(y2[:, :, None], y2[:, None]) - torch.maximum(y1[:, :, None], y1[:, None]) + 1).clamp(min=0)
+        inter = w * h
+        over = (inter / (area[:, :, None] + area[:, None] - inter) > threshold).cpu().numpy()
+        a = alive[s:s + step]
+        for r in range(k - 1):
+            a[:, r + 1:] &= ~(over[:, r, r + 1:] & a[:, r:r + 1])
+    return alive
+
