@@ -105,7 +105,8 @@ def main(argv=None) -> int:
                     help="frame reader (auto: NVDEC where the backend runs on a GPU and can)")
     ap.add_argument("--models", default=None)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--det-batch", type=int, default=RunOptions().det_batch)
+    ap.add_argument("--det-batch", type=int, default=None,
+                    help="frames per detector call (default: the backend's preferred_batches)")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args(argv)
     models = a.models
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     options = RunOptions(det_batch=a.det_batch, decoder=a.decoder)
     print(f"backend {backend.name} ({', '.join(m.name for m in backend.model_files)}), "
           f"device {getattr(backend, 'device', 'cpu')}, threads {a.threads}, cpus {os.cpu_count()}, "
-          f"det_batch {a.det_batch}, load average {os.getloadavg()[0]:.2f}")
+          f"det_batch {a.det_batch or backend.preferred_batches[0]}, load average {os.getloadavg()[0]:.2f}")
 
     work = a.workdir or tempfile.mkdtemp(prefix="bench-harvest-")
     os.makedirs(work, exist_ok=True)

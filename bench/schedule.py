@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--decoder", default="auto")
     ap.add_argument("--models", default=None)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
-    ap.add_argument("--det-batch", type=int, default=8)
+    ap.add_argument("--det-batch", type=int, default=None, help="default: the backend's")
     ap.add_argument("--layouts", nargs="*", default=["single", "actors", "shared"],
                     choices=["single", "actors", "shared"])
     ap.add_argument("--workdir", default=None)
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             os.link(base, v)
         videos.append(v)
     print(f"{a.titles} titles of {a.seconds:g} s at {a.res}p, stride {a.stride}, backend {a.backend} "
-          f"on {a.device}, k {a.k}, cpus {a.cpus}, det_batch {a.det_batch}", flush=True)
+          f"on {a.device}, k {a.k}, cpus {a.cpus}, det_batch {a.det_batch or 'backend default'}", flush=True)
     rows = []
     for layout in a.layouts:
         r = run_layout(a, layout, videos)

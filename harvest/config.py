@@ -68,8 +68,8 @@ class RunOptions:
     start_timeout: float = 600.0      # seconds an actor may take to start (node launch, models)
     chunk_frames: int = 32            # frames decoded per contiguous chunk
     decoder: str = "auto"             # frame reader (harvest.readers): auto, nvdec or pyav
-    det_batch: int = 8                # frames per detector call
-    embed_batch: int = 64             # aligned faces per embedder call
+    det_batch: int | None = None      # frames per detector call (None: the backend's choice)
+    embed_batch: int | None = None    # aligned faces per embedder call (None: the backend's)
     pipelined: bool = True            # overlap decode / detect / embed in threads
     retry_failed: bool = True
     progress: bool = True

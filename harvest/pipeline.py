@@ -148,20 +148,31 @@ def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: f
                  encode: bool = False):
     """Detect and align; with ``encode`` the aligned crops are JPEG-encoded here, while they are
     in memory (an open track then holds ~4 KB per face for its crops, not S*S*3 bytes)."""
+    def run(picked: list) -> Iterator:
+        """picked: (frame_idx, shot, pts, frame) of up to ``batch`` frames, maybe from several
+        chunks (so a GPU batch is not cut to a 1080p chunk's 4 frames)."""
+        frames = [p[3] for p in picked]
+        if not isinstance(frames[0], np.ndarray):            # tensors on the backend's device
+            import torch
+            frames = torch.stack(frames)
+        for (idx, shot, pts, _), frame, dets in zip(picked, frames, backend.detect(frames)):
+            dets = dets.keep(face_size(dets.boxes) >= min_face_size)
+            if len(dets):
+                crops = backend.align(frame, dets)
+                yield DetectedFrame(idx, int(shot), float(pts), dets, crops,
+                                    encode_crops(crops) if encode else None)
+
     def stage(chunks: Iterator) -> Iterator:
+        picked = []
         for chunk in chunks:
-            picks = [i for i in range(len(chunk.frames)) if (chunk.start + i) % stride == 0]
-            for s in range(0, len(picks), batch):
-                idx = picks[s:s + batch]
-                frames = [chunk.frames[i] for i in idx] if isinstance(chunk.frames, np.ndarray) \
-                    else chunk.frames[idx[0]:idx[-1] + 1:stride]     # a view of a device tensor
-                for i, frame, dets in zip(idx, frames, backend.detect(frames)):
-                    dets = dets.keep(face_size(dets.boxes) >= min_face_size)
-                    if len(dets):
-                        crops = backend.align(frame, dets)
-                        yield DetectedFrame(chunk.start + i, int(chunk.shot[i]),
-                                            float(chunk.pts[i]), dets, crops,
-                                            encode_crops(crops) if encode else None)
+            for i in range(len(chunk.frames)):
+                if (chunk.start + i) % stride == 0:
+                    picked.append((chunk.start + i, chunk.shot[i], chunk.pts[i], chunk.frames[i]))
+                    if len(picked) == batch:
+                        yield from run(picked)
+                        picked = []
+        if picked:
+            yield from run(picked)
     return stage
 
 
@@ -392,15 +403,17 @@ def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
     t0 = time.perf_counter()
     times = StageTimes()
     shots = ShotDetector(config.shot_threshold, config.min_shot_frames)
+    det_batch = options.det_batch or backend.preferred_batches[0]
+    embed_batch = options.embed_batch or backend.preferred_batches[1]
     with open_reader(path, decoder=options.decoder, device=backend.frame_device,
                      chunk_frames=options.chunk_frames) as reader:
         fps = reader.info.fps if reader.info.fps and reader.info.fps > 0 else 25.0
         tracker = TitleTracker(config, fps, backend.embedding_dim, options.scratch_dir)
         try:
             stages = [("decode", decode_stage(reader, shots, fps, on_progress)),
-                      ("detect", detect_stage(backend, config.det_stride, options.det_batch,
+                      ("detect", detect_stage(backend, config.det_stride, det_batch,
                                               config.min_face_size, config.crops != "none")),
-                      ("embed", embed_stage(backend, options.embed_batch))]
+                      ("embed", embed_stage(backend, embed_batch))]
             for batch in run_chain([None], stages, threaded=options.pipelined, times=times):
                 t1 = time.perf_counter()
                 tracker.add(batch)

@@ -121,3 +121,31 @@ def test_run_options_and_cli_validate_the_reader_and_slots():
     assert (opts.decoder, opts.titles_per_worker, opts.gpus_per_worker) == ("nvdec", 4, 1.0)
     with pytest.raises(SystemExit):
         parse(["run", "--input", "in", "--output", "out", "--decoder", "decord"])
+
+
+def test_detector_batches_span_decode_chunks(tmp_path):
+    """1080p chunks hold 4 frames (24 MiB); detector batches are filled across chunks, so a
+    GPU batch of 64 is not cut to 4. The CPU onnxruntime backend prefers one frame per call."""
+    from harvest.config import HarvestConfig, RunOptions
+    from harvest.faces.insightface_backend import InsightFaceBackend
+    from harvest.pipeline import harvest_title
+    from conftest import FACE_PACK
+
+    class Recording(InsightFaceBackend):
+        sizes: list = []
+
+        def _detect(self, frames):
+            self.sizes.append(len(frames))
+            return super()._detect(frames)
+
+    backend = Recording(need(FACE_PACK), threads=2)
+    assert backend.preferred_batches == (1, 64)
+    config = HarvestConfig(models=need(FACE_PACK), det_stride=3)
+    with open_reader(need(CROWD)) as r:
+        assert r.chunk_frames == 4 and r.info.height == 1080
+    result = harvest_title(need(CROWD), backend, config, RunOptions(det_batch=8,
+                                                                    scratch_dir=str(tmp_path)))
+    result.tracks.close()
+    picked = len(range(0, result.frames, 3))                  # 35 of 105 frames
+    assert sum(Recording.sizes) == picked
+    assert Recording.sizes == [8] * (picked // 8) + ([picked % 8] if picked % 8 else [])

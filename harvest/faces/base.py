@@ -151,6 +151,12 @@ class FaceBackend(ABC):
         return 112
 
     @property
+    def preferred_batches(self) -> tuple[int, int]:
+        """(frames per detector call, faces per embedder call) this backend runs best with where
+        it runs (``--det-batch`` / ``--embed-batch`` override them)."""
+        return 8, 64
+
+    @property
     def frame_device(self):
         """Where this backend wants decoded frames: None for numpy arrays on the CPU (the
         default), or a torch device for uint8 tensors there (readers then decode or upload to

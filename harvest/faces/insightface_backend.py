@@ -158,11 +158,20 @@ class InsightFaceBackend(OnnxPackBackend):
             "detector": self.detector.session.get_providers(),
             "recogniser": self.recognizer.session.get_providers()})
         self._dim = int(self.recognizer.output_shape[1])
+        self._on_gpu = "CUDAExecutionProvider" in self.detector.session.get_providers()
         fixed = self.detector.session.get_inputs()[0].shape[2:]
         self._fixed_input = None
         if all(isinstance(v, int) for v in fixed):      # static-shape detector (e.g. 640x640)
             self._fixed_input = (int(fixed[0]), int(fixed[1]))
             self.det_size = max(self._fixed_input)
+
+    @property
+    def preferred_batches(self) -> tuple[int, int]:
+        """On CPU one frame per detector call: measured on a 5,000-frame 360p title (2 cores,
+        stride 2), batches of 1, 2 and 8 frames all ran at 48-49 frames/s, and batch 1 peaked at
+        915 MB RSS against 1,298 MB for batch 8 (onnxruntime's arena grows with the batch). On a
+        GPU, 32 frames and 256 faces per call (not measured here)."""
+        return (32, 256) if self._on_gpu else (1, 64)
 
     # -- detection -------------------------------------------------------------------------
     def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
