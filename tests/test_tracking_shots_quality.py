@@ -322,7 +322,7 @@ def test_harvest_title_leaves_no_scratch_files(tmp_path):
     backend.detect = failing_detect
     with pytest.raises(DecodeError, match="injected"):
         harvest_title(video, backend, config,
-                      RunOptions(scratch_dir=str(scratch), chunk_frames=4))
+                      RunOptions(scratch_dir=str(scratch), chunk_frames=4, det_batch=4))
     assert len(calls) == 3 and not list(scratch.iterdir())
 
 
