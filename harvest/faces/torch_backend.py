@@ -114,8 +114,6 @@ class TorchFaceBackend(OnnxPackBackend):
         import torch
         if isinstance(frames, torch.Tensor):
             x = frames.to(self.device, non_blocking=True)
-        elif isinstance(frames[0], torch.Tensor):
-            x = torch.stack(list(frames)).to(self.device, non_blocking=True)
         else:
             x = torch.from_numpy(np.stack(frames))
             if self.device.type == "cuda":
