@@ -1,8 +1,10 @@
 """``harvest card URL``: a Hugging Face dataset card (README.md) for a harvest output.
 
 The card is built only from what the output holds: the manifest records (counts, sources,
-status) and each shard's footer (file metadata and schema; no row is read). The same output
-gives the same card byte for byte: rows are sorted and no clock is read.
+status), each shard's footer (file metadata, schema, column sizes) and its small
+``crop_positions`` column (how many face images it holds). What the personal-data sections say
+(face images or not, how many, how large) follows from those, never from a default. The same
+output gives the same card byte for byte: rows are sorted and no clock is read.
 
     harvest card OUTPUT [--out PATH] [--license other] [--pretty-name NAME] [--contact WHO]
 """
@@ -14,6 +16,7 @@ import json
 import posixpath
 from types import SimpleNamespace
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harvest import schema as S
@@ -38,6 +41,36 @@ def size_category(n_rows: int) -> str:
         if n_rows < limit:
             return label
     return "n>1B"
+
+
+# What each model file does, by file name (fnmatch pattern, first match wins); else the slot
+# the shard records it in. dlib's HOG detector is built into dlib: with it the "detector" slot
+# holds the 68-point landmark model, which finds no face.
+MODEL_ROLES = {
+    "shape_predictor_68_face_landmarks.dat": "68-point face landmarks (faces found by dlib's "
+                                             "built-in HOG detector, which has no file)",
+    "mmod_human_face_detector.dat": "face detector (dlib MMOD CNN)",
+    "dlib_face_recognition_resnet_model_v1.dat": "face embedder (dlib ResNet)",
+    "scrfd_*.onnx": "face detector and 5 landmarks (SCRFD)",
+    "det_*.onnx": "face detector and 5 landmarks (SCRFD)",
+}
+SLOT_ROLES = {"detector": "face detector", "embedder": "face embedder (recognition network)"}
+
+
+def model_role(slot: str, file_name: str) -> str:
+    """What a model file does (``MODEL_ROLES``), else what its slot says."""
+    for pattern, role in MODEL_ROLES.items():
+        if fnmatch.fnmatch(file_name, pattern):
+            return role
+    return SLOT_ROLES.get(slot, slot)
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def model_licence(backend: str, file_name: str) -> str:
@@ -85,6 +118,52 @@ def _read_shards(fs, root: str) -> dict[str, tuple[dict, object]]:
     return out
 
 
+def shard_holdings(fs, root: str) -> dict:
+    """What the shards really hold: ``shards``, ``bytes`` (files), ``crops`` (face images),
+    ``crop_bytes`` (their column's size on disk, from the footers) and ``crop_titles`` (titles
+    with at least one face image), ``crop_modes`` (the ``--crops`` modes recorded)."""
+    out = dict(shards=0, bytes=0, crops=0, crop_bytes=0, crop_titles=0, crop_modes=set())
+    for path in storage.list_shards(fs, root).values():
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            md = pf.metadata
+            out["crop_modes"].add(str(S.read_metadata(pf.schema_arrow).get("crops", "?")))
+            crop_bytes = sum(md.row_group(g).column(c).total_compressed_size
+                             for g in range(md.num_row_groups) for c in range(md.num_columns)
+                             if md.row_group(g).column(c).path_in_schema.split(".")[0] == "crops")
+            positions = pf.read(columns=["crop_positions"]).column("crop_positions")
+            crops = int(pc.sum(pc.list_value_length(positions)).as_py() or 0)
+        out["shards"] += 1
+        out["bytes"] += int(fs.size(path))
+        out["crops"] += crops
+        out["crop_bytes"] += crop_bytes if crops else 0
+        out["crop_titles"] += bool(crops)
+    return out
+
+
+def personal_data(held: dict, n_sources: int) -> list[str]:
+    """The lines of the consent section that say what personal data the shards hold."""
+    images = (f"{held['crops']} face images (aligned JPEG crops cut from the video frames, "
+              f"{_human(held['crop_bytes'])}, in {held['crop_titles']} title(s)), "
+              if held["crops"] else "")
+    lines = [f"This dataset holds personal data of the real people who appear in the source "
+             f"videos: {images}face embeddings, face boxes and facial landmarks, with the names of the "
+             f"{n_sources} source video(s) they come from (see Sources). Face images and face "
+             "embeddings are biometric personal data; processed to identify people they are "
+             "special-category personal data under GDPR art. 9 (and under similar laws "
+             "elsewhere). With the source URIs, tracks can be traced back to the people in "
+             "the videos.", ""]
+    if held["crops"]:
+        modes = ", ".join(f"`--crops {m}`" for m in sorted(held["crop_modes"]))
+        lines += [f"The face images are stored because the harvest ran with {modes} (`harvest "
+                  "run` stores a sample of crops per track by default). To harvest without face "
+                  "images, run `harvest run ... --crops none` (the embeddings remain biometric "
+                  "data, the boxes and landmarks personal data).", ""]
+    else:
+        lines += ["The shards hold no face image (harvested with `--crops none`).", ""]
+    return lines
+
+
 def front_matter(*, license: str, n_tracks: int, pretty_name: str) -> str:
     lines = ["---", f"license: {license}", "task_categories:"]
     lines += [f"- {t}" for t in TASK_CATEGORIES]
@@ -102,6 +181,7 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
     fs, root = storage.open_fs(url)
     records = dict(sorted(storage.read_records(fs, root).items()))
     shards = _read_shards(fs, root)
+    held = shard_holdings(fs, root)
     done = [r for r in records.values() if r.get("status") == S.STATUS_DONE]
     failed = [r for r in records.values() if r.get("status") != S.STATUS_DONE]
     totals = {k: sum(int(r.get(k) or 0) for r in done) for k in S.COUNT_FIELDS}
@@ -118,9 +198,15 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
     out += ["## Contents", ""]
     out += _table(["measure", "value"], [
         ["titles", len(records)], ["titles done", len(done)], ["titles failed", len(failed)],
-        *[[k.replace("_", " "), totals[k]] for k in S.COUNT_FIELDS]])
+        *[[k.replace("_", " "), totals[k]] for k in S.COUNT_FIELDS],
+        ["face embeddings", totals["faces"]], ["face images", held["crops"]],
+        ["face image bytes", held["crop_bytes"]], ["shards", held["shards"]],
+        ["shard bytes", held["bytes"]]])
     out += ["", "Counts are the sums over done titles of the manifest records "
-            "(`manifest.jsonl`); `tracks` is the number of rows in `shards/`.", ""]
+            "(`manifest.jsonl`); `tracks` is the number of rows in `shards/`; there is one face "
+            "embedding per face. Face images (aligned JPEG crops) and sizes are read from the "
+            f"shards: {_human(held['bytes'])} in all, {_human(held['crop_bytes'])} of them face "
+            "images.", ""]
 
     out += ["## Sources", ""]
     rows = []
@@ -161,15 +247,21 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
         out += [""]
 
     out += ["## Model files and licences", ""]
-    models = sorted({(s["backend"], role, s[f"{role}_file"], s[f"{role}_sha256"])
-                     for s, _ in setups.values() for role in ("detector", "embedder")})
+    models = sorted({(s["backend"], slot, s[f"{slot}_file"], s[f"{slot}_sha256"])
+                     for s, _ in setups.values() for slot in ("detector", "embedder")})
     out += _table(["backend", "role", "file", "sha256", "licence"],
-                  [[b, role, f, f"`{sha}`", model_licence(b, f)] for b, role, f, sha in models])
+                  [[b, model_role(slot, f), f, f"`{sha}`", model_licence(b, f)]
+                   for b, slot, f, sha in models])
+    held_images = (f"no full frames, but {held['crops']} face images cut from them (aligned "
+                   "JPEG crops), besides boxes, landmarks, embeddings and mined constraints"
+                   if held["crops"] else
+                   "no frames and no face images, only boxes, landmarks, embeddings and mined "
+                   "constraints")
     out += ["", "## Licence", "",
             f"Licence field: `{license}`. The shards hold embeddings and detections computed "
             "by the models above, so the licences of those weights (table above) bind their "
-            "use as well. The source videos keep their own copyright; this dataset holds no "
-            "frames, only boxes, landmarks, embeddings and mined constraints.", ""]
+            f"use as well. The source videos keep their own copyright; this dataset holds "
+            f"{held_images}.", ""]
 
     dim_schema = next(iter(shards.values()))[1] if shards else S.shard_schema(0)
     out += ["## Schema", "",
@@ -197,12 +289,7 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
             "- Failed titles (see Sources) have no shard.", ""]
 
     who = contact or "the publisher of this dataset"
-    out += ["## Consent and personal data", "",
-            "This dataset describes faces of real people appearing in the source videos: face "
-            "boxes, landmarks and face embeddings. Face embeddings are biometric data; processed "
-            "to identify people they are special-category personal data under GDPR art. 9 "
-            "(and under similar laws elsewhere). With the source URIs, tracks can be traced "
-            "back to the people in the videos.", "",
+    out += ["## Consent and personal data", "", *personal_data(held, len(records)),
             "- Intended use: research on face clustering and video understanding (training and "
             "evaluating clustering heads on weak labels), within the rights to the source videos.",
             "- Do not use it to identify, track or profile private individuals, for surveillance, "

@@ -1,41 +1,53 @@
 """`harvest run | inspect | validate | sample | card | report` — the command data teams run.
 
 Exit codes of `harvest run`: 0 every title done; 1 some titles failed (see the manifest; the
-others are done); 2 bad usage or an unreadable --input (nothing harvested).
+others are done); 2 bad usage, an unreadable --input, no video found or an --output that is a
+file (nothing harvested, nothing written; checked before Ray starts). `inspect`, `validate`,
+`card` and `report` of an output that does not exist: 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from harvest.config import HarvestConfig, RunOptions
+from harvest.config import HarvestConfig, RunOptions, help_of
+from harvest.sources import VIDEO_EXTENSIONS
 
 EXIT_OK, EXIT_TITLES_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+DEFAULT = " (default: %(default)s)"
+
+
+def _option(group, flag: str, cls, **kw) -> None:
+    """An option for setting ``flag`` of ``cls`` (HarvestConfig or RunOptions): its default and
+    help text come from the dataclass (harvest/config.py), the one place they are written."""
+    name = flag.lstrip("-").replace("-", "_")
+    kw.setdefault("default", getattr(cls(), name))
+    text = kw.pop("help", None) or help_of(cls, name)
+    group.add_argument(flag, help=text + (DEFAULT if kw["default"] is not None else ""), **kw)
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
-    d = HarvestConfig()
     g = p.add_argument_group("harvest (changes shard content; part of the config hash)")
     from harvest.faces.registry import choices
     from harvest.schema import CROP_MODES
-    g.add_argument("--backend", default=d.backend, choices=choices())
-    g.add_argument("--models", default=d.models, help="directory or URL with one SCRFD and one ArcFace .onnx")
-    g.add_argument("--det-stride", type=int, default=None,
-                   help="detect every N frames (default: the backend's recommended stride: "
-                        + ", ".join(f"{n} {c.default_det_stride}" for n, c in _backends().items())
-                        + ")")
-    g.add_argument("--det-size", type=int, default=d.det_size)
-    g.add_argument("--det-threshold", type=float, default=d.det_threshold)
-    g.add_argument("--min-face-size", type=float, default=d.min_face_size)
-    g.add_argument("--shot-threshold", type=float, default=d.shot_threshold)
-    g.add_argument("--iou-threshold", type=float, default=d.iou_threshold)
-    g.add_argument("--max-gap-seconds", type=float, default=d.max_gap_seconds)
-    g.add_argument("--min-track-seconds", type=float, default=d.min_track_seconds)
-    g.add_argument("--quality-mad-k", type=float, default=d.quality_mad_k)
-    g.add_argument("--crops", default=d.crops, choices=CROP_MODES,
-                   help="aligned face crops (JPEG) stored per track: none, an even sample of "
-                        "--crops-per-track plus the tracklet seeds, or all")
-    g.add_argument("--crops-per-track", type=int, default=d.crops_per_track)
+    _option(g, "--backend", HarvestConfig, choices=choices())
+    _option(g, "--models", HarvestConfig)
+    _option(g, "--det-stride", HarvestConfig, type=int, default=None,
+            help="run the detector every N frames (default: the backend's recommended stride: "
+                 + ", ".join(f"{n} {c.default_det_stride}" for n, c in _backends().items())
+                 + ")")
+    _option(g, "--det-size", HarvestConfig, type=int)
+    _option(g, "--det-threshold", HarvestConfig, type=float)
+    _option(g, "--min-face-size", HarvestConfig, type=float)
+    _option(g, "--shot-threshold", HarvestConfig, type=float)
+    _option(g, "--iou-threshold", HarvestConfig, type=float)
+    _option(g, "--max-gap-seconds", HarvestConfig, type=float)
+    _option(g, "--min-track-seconds", HarvestConfig, type=float)
+    _option(g, "--quality-mad-k", HarvestConfig, type=float)
+    _option(g, "--crops", HarvestConfig, choices=CROP_MODES)
+    _option(g, "--crops-per-track", HarvestConfig, type=int)
 
 
 def _backends() -> dict:
@@ -49,57 +61,64 @@ def _decoders() -> list[str]:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    d = RunOptions()
     g = p.add_argument_group("execution (never changes shard content)")
-    g.add_argument("--workers", type=int, default=d.workers, help="Ray actors (default: CPUs / --cpus-per-worker)")
-    g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
-    g.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
-    g.add_argument("--titles-per-worker", type=int, default=d.titles_per_worker,
-                   help="titles a worker harvests at once, sharing its loaded models (one GPU "
-                        "worker fed by several decode streams); default 1")
-    g.add_argument("--title-timeout", type=float, default=d.title_timeout,
-                   help="seconds a title may run on a live worker")
-    g.add_argument("--max-attempts", type=int, default=d.max_attempts,
-                   help="tries per title when its worker, actor or node dies")
-    g.add_argument("--start-timeout", type=float, default=d.start_timeout,
-                   help="seconds a worker may take to start before it is given up")
-    g.add_argument("--chunk-frames", type=int, default=d.chunk_frames)
-    g.add_argument("--decoder", default=d.decoder, choices=_decoders(),
-                   help="frame reader: auto (NVDEC where the backend runs on a GPU and the stream "
-                        "allows, else PyAV on the CPU), nvdec or pyav; recorded per shard")
-    g.add_argument("--det-batch", type=int, default=d.det_batch)
-    g.add_argument("--embed-batch", type=int, default=d.embed_batch)
-    g.add_argument("--no-retry-failed", action="store_true")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--scratch-dir", default=None)
+    _option(g, "--workers", RunOptions, type=int)
+    _option(g, "--cpus-per-worker", RunOptions, type=float)
+    _option(g, "--gpus-per-worker", RunOptions, type=float)
+    _option(g, "--titles-per-worker", RunOptions, type=int)
+    _option(g, "--title-timeout", RunOptions, type=float)
+    _option(g, "--max-attempts", RunOptions, type=int)
+    _option(g, "--start-timeout", RunOptions, type=float)
+    _option(g, "--chunk-frames", RunOptions, type=int)
+    _option(g, "--decoder", RunOptions, choices=_decoders())
+    _option(g, "--det-batch", RunOptions, type=int)
+    _option(g, "--embed-batch", RunOptions, type=int)
+    g.add_argument("--no-retry-failed", action="store_true",
+                   help="leave titles that failed in an earlier run as they are (default: "
+                        "harvest them again)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: one on stderr)")
+    _option(g, "--scratch-dir", RunOptions)
+    g.add_argument("--verbose", action="store_true",
+                   help="show Ray's own start-up log (dashboard URL, INFO lines)")
 
 
-def parse(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harvest", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="harvest videos into face-track shards")
-    run.add_argument("--input", required=True, help="fsspec URL: file, directory or glob")
-    run.add_argument("--output", required=True, help="fsspec URL of the output root")
+    run.add_argument("--input", required=True,
+                     help="fsspec URL: a video file, a directory (searched recursively for "
+                          + ", ".join(VIDEO_EXTENSIONS) + ") or a glob")
+    run.add_argument("--output", required=True,
+                     help="fsspec URL of the output root (a directory; created if missing)")
     _config_args(run)
     _run_args(run)
     for name, help_ in (("inspect", "print the manifest and shard statistics"),
                         ("validate", "check every shard against the schema and invariants")):
-        sub.add_parser(name, help=help_).add_argument("url")
+        sub.add_parser(name, help=help_).add_argument("url", help="output root of `harvest run`")
     sample = sub.add_parser("sample", help="write labelled sample clips made from package-shipped photos")
-    sample.add_argument("out_dir")
-    sample.add_argument("--titles", type=int, default=2)
+    sample.add_argument("out_dir", help="directory for the clips and their labels.csv")
+    sample.add_argument("--titles", type=int, default=2, help="number of clips" + DEFAULT)
     card = sub.add_parser("card", help="write a Hugging Face dataset card (README.md) for an output")
-    card.add_argument("url")
+    card.add_argument("url", help="output root of `harvest run`")
     card.add_argument("--out", default=None, help="card path or URL (default: URL/README.md)")
-    card.add_argument("--license", default="other", help="Hub licence id of the dataset")
-    card.add_argument("--pretty-name", default=None)
-    card.add_argument("--contact", default=None, help="who takes removal requests")
+    card.add_argument("--license", default="other", help="Hub licence id of the dataset" + DEFAULT)
+    card.add_argument("--pretty-name", default=None,
+                      help="the dataset's name (default: movieface harvest <output dir name>)")
+    card.add_argument("--contact", default=None,
+                      help="who takes removal requests (default: the publisher of this dataset)")
     report = sub.add_parser("report", help="write a static HTML report (tracks, crops, shots)")
-    report.add_argument("url")
+    report.add_argument("url", help="output root of `harvest run`")
     report.add_argument("--out", required=True, help="directory or URL of the report")
-    report.add_argument("--tracks-per-page", type=int, default=200)
-    return ap.parse_args(argv)
+    report.add_argument("--tracks-per-page", type=int, default=200,
+                        help="tracks on one page of a title" + DEFAULT)
+    return ap
+
+
+def parse(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def config_from(args) -> HarvestConfig:
@@ -145,6 +164,15 @@ def progress_line(positions: list[dict], show: int = 3) -> str:
     return " | ".join(parts)
 
 
+def check_output(url: str) -> None:
+    """Refuse an --output that cannot be an output root (an existing file) before any work."""
+    from harvest import storage
+    fs, root = storage.open_fs(url)
+    if fs.exists(root) and not fs.isdir(root):
+        raise NotADirectoryError(f"--output {url} is an existing file; give a directory "
+                                 "(created if missing)")
+
+
 def cmd_run(args) -> int:
     from harvest import storage
     from harvest.report import summary_table
@@ -152,6 +180,7 @@ def cmd_run(args) -> int:
 
     try:
         config, options = config_from(args), options_from(args)
+        check_output(args.output)
         plan = plan_run(args.input, args.output, config, options)
     except (FileNotFoundError, ValueError, PermissionError, OSError) as exc:
         print(f"harvest: {exc}", file=sys.stderr)
@@ -159,6 +188,9 @@ def cmd_run(args) -> int:
     print(f"harvest: {len(plan.sources)} titles, {len(plan.skipped)} already done, "
           f"{len(plan.todo)} to harvest (backend {plan.backend}, config {plan.config_hash})",
           file=sys.stderr)
+    if plan.todo:
+        from harvest.raystart import init_ray
+        init_ray(args.verbose, log_to_driver=False)
     fs, root = storage.open_fs(args.output)
     bar = None
     if options.progress and plan.todo:
@@ -192,6 +224,12 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command in ("inspect", "validate", "card", "report"):
+        from harvest import storage
+        fs, root = storage.open_fs(args.url)
+        if not fs.exists(root):
+            print(f"harvest {args.command}: no such output: {args.url}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "inspect":
         from harvest.inspect_output import inspect_main
         return inspect_main(args.url)

@@ -9,7 +9,9 @@ static URL; nothing is fetched from elsewhere. Everything is read and written th
     OUT/<title_id>/<page>.html        harvest: page 1 has the shot timeline, every page
                                       ``tracks_per_page`` track strips
     OUT/<title_id>/img/t<track>.jpg   one sprite per track strip (THUMB px thumbnails)
-    OUT/<title_id>/<method>[-k].html  evaluate / cluster: the predicted clusters as galleries
+    OUT/<title_id>/<method>[-k].html  evaluate / cluster: the predicted clusters as galleries;
+                                      each thumbnail is labelled #<track_id>, a link to the
+                                      track's strip on the title's pages, written beside them
 
 Memory: one title at a time, its shard streamed in batches of ``BATCH_ROWS`` tracks (row groups
 are ~8 MiB); a page holds only HTML text; a strip shows at most ``MAX_STRIP`` crops. Galleries
@@ -126,12 +128,19 @@ def sprite_bytes(thumbs: list[np.ndarray]) -> bytes:
     return buf.tobytes()
 
 
-def sprite_html(src: str, cells: list[tuple[str, str, str]], alt: str) -> str:
-    """An <img> of a sprite plus one overlay cell per thumbnail: (label, tooltip, css class)."""
+def _cell_label(label: str, link: str | None) -> str:
+    if not label:
+        return ""
+    return f"<a href='{link}'><b>{esc(label)}</b></a>" if link else f"<b>{esc(label)}</b>"
+
+
+def sprite_html(src: str, cells: list[tuple], alt: str) -> str:
+    """An <img> of a sprite plus one overlay cell per thumbnail: (label, tooltip, css class),
+    or (label, tooltip, css class, link): the visible label is then a link."""
     w = THUMB * len(cells)
-    spans = "".join(f"<span class='{c}' style='left:{i * THUMB}px;width:{THUMB}px' "
-                    f"title='{esc(tip)}'>{f'<b>{esc(label)}</b>' if label else ''}</span>"
-                    for i, (label, tip, c) in enumerate(cells))
+    spans = "".join(f"<span class='{c[2]}' style='left:{i * THUMB}px;width:{THUMB}px' "
+                    f"title='{esc(c[1])}'>{_cell_label(c[0], c[3] if len(c) > 3 else None)}</span>"
+                    for i, c in enumerate(cells))
     return (f"<div class=sprite style='width:{w}px;height:{THUMB}px'><img src='{src}' "
             f"width={w} height={THUMB} alt='{esc(alt)}'>{spans}</div>")
 
@@ -361,7 +370,7 @@ def title_pages(fs, path: str, record: dict, writer: Writer, tracks_per_page: in
                 strips.append(_strip(row, title_id, page_of, page, meta.get("crops"), writer))
                 row_i += 1
         flush(page, strips)
-    return dict(meta=meta, pages=pages)
+    return dict(meta=meta, pages=pages, page_of=page_of)
 
 
 def _fmt(v) -> str:
@@ -449,11 +458,26 @@ def representative_thumbs(shard: str, track_ids, borders: dict | None = None) ->
     return out
 
 
+def track_pages(shard: str, writer: Writer, tracks_per_page: int) -> dict:
+    """Write the harvest report's pages of one title (its track strips) beside its galleries;
+    -> track_id -> page, for the galleries' links (``harvest report`` layout, one title)."""
+    fs, path = storage.open_fs(shard)
+    return title_pages(fs, path, {}, writer, tracks_per_page)["page_of"]
+
+
 def gallery_pages(writer: Writer, title_id: str, name: str, heading: str, top: str,
-                  clusters: list[dict], thumbs: dict, tracks_per_page: int) -> list[str]:
+                  clusters: list[dict], thumbs: dict, tracks_per_page: int,
+                  page_of: dict | None = None) -> list[str]:
     """Write ``title_id/name[-k].html``: one gallery per cluster, ``clusters`` in display order,
     each ``{"label", "info", "tracks": [(track_id, tooltip), ...]}``; a cluster is never split
-    across pages. -> the relative paths written."""
+    across pages. ``page_of`` (track_id -> page of ``track_pages``): each thumbnail is labelled
+    with its track id, a link to the track's strip. -> the relative paths written."""
+    page_of = page_of or {}
+
+    def cell(t: int, tip: str) -> tuple:
+        p = page_of.get(t)
+        return (f"#{t}", tip, "", f"{p}.html#t{t}" if p else None)
+
     pages, cur, size = [], [], 0
     for c in clusters:
         if cur and size + len(c["tracks"]) > tracks_per_page:
@@ -475,7 +499,7 @@ def gallery_pages(writer: Writer, title_id: str, name: str, heading: str, top: s
                 chunk = c["tracks"][r:r + MAX_STRIP]
                 rel = f"img/{name}-c{c['id']}-{r // MAX_STRIP}.jpg"
                 writer.write(f"{title_id}/{rel}", sprite_bytes([thumbs[t] for t, _ in chunk]))
-                rows.append(sprite_html(href(*rel.split("/")), [("", tip, "") for _, tip in chunk],
+                rows.append(sprite_html(href(*rel.split("/")), [cell(t, tip) for t, tip in chunk],
                                         f"{c['label']} tracks"))
             parts.append(f"<div class=gallery id=c{c['id']}><div class=meta><b>"
                          f"{esc(c['label'])}</b> · {c['info']}</div>{''.join(rows)}</div>")
@@ -507,6 +531,7 @@ def evaluation_report(out: str, items: list[dict], records: list[dict],
         first = its[0]
         thumbs = representative_thumbs(first["path"], first["track_ids"], {
             int(t): colour[str(i)] for t, i in zip(first["track_ids"], first["identity"])})
+        page_of = track_pages(first["path"], writer, tracks_per_page)
         legend = "<div class=legend>identities: " + "".join(
             f"<span><i style='background:{_css_rgb(colour[i])}'></i>{esc(i)}</span>"
             for i in idents) + "</div>"
@@ -531,7 +556,7 @@ def evaluation_report(out: str, items: list[dict], records: list[dict],
                    + f"<div class=meta>split identities: {'; '.join(split) or 'none'}</div>")
             files = gallery_pages(writer, title, it["method"],
                                   f"{title} · {it['method']} · {rec.get('head', '')}", top,
-                                  clusters, thumbs, tracks_per_page)
+                                  clusters, thumbs, tracks_per_page, page_of)
             index_rows.append((title, it["method"], rec, href(title, files[0])))
     rows = "".join(f"<tr><td class=l><a href='{link}'>{esc(t)}</a></td><td class=l>{esc(m)}</td>"
                    + "".join(f"<td>{_num(r.get(k))}</td>" for k in _INDEX_METRICS) + "</tr>"
@@ -574,12 +599,14 @@ def cluster_report(out: str, items: list[dict], tracks_per_page: int = TRACKS_PE
                          info=f"{len(g)} track(s) · confidence mean {conf[g].mean():.3f}, "
                               f"min {conf[g].min():.3f}",
                          tracks=[(int(ids[j]), f"track {ids[j]}, confidence {conf[j]:.3f}")
-                                 for j in g]) for g in _group(lab)]
+                                 for j in g[np.argsort(conf[g], kind="stable")]])
+                    for g in _group(lab)]          # the least certain tracks of a person first
         top = (f"<div class=meta>method {esc(it['method'])} · {len(ids)} valid tracks · "
-               f"{len(clusters)} predicted people · confidence = cosine of a track to its "
-               f"cluster's centroid</div>")
+               f"{len(clusters)} predicted people · confidence = calibrated probability that a "
+               f"track is with the right person (least certain first)</div>")
         files = gallery_pages(writer, it["title"], it["method"], f"{it['title']} · who is in it",
-                              top, clusters, thumbs, tracks_per_page)
+                              top, clusters, thumbs, tracks_per_page,
+                              track_pages(it["path"], writer, tracks_per_page))
         rows.append(f"<tr><td class=l><a href='{href(it['title'], files[0])}'>{esc(it['title'])}"
                     f"</a></td><td class=l>{esc(it['method'])}</td><td>{len(ids)}</td>"
                     f"<td>{len(clusters)}</td></tr>")

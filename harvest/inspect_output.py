@@ -1,4 +1,7 @@
-"""``harvest inspect URL``: the manifest as a table, per-shard statistics and totals."""
+"""``harvest inspect URL``: the manifest as a table, per-shard statistics and totals.
+
+Both tables count: ``tracks`` and ``valid`` (valid tracks) are numbers of tracks in each.
+"""
 from __future__ import annotations
 
 import posixpath
@@ -33,8 +36,7 @@ def shard_stats(fs, path: str) -> dict:
     degree = pc.list_value_length(table.column("cannot_link")).to_numpy(zero_copy_only=False)
     return {
         "tracks": n,
-        "valid": f"{np.mean(table.column('is_valid').to_numpy(zero_copy_only=False)):.2f}"
-        if n else "-",
+        "valid": int(np.sum(table.column("is_valid").to_numpy(zero_copy_only=False))),
         "faces/track mean": f"{faces.mean():.1f}" if n else "-",
         "faces/track median": f"{np.median(faces):g}" if n else "-",
         "D": table.schema.field("mean_embedding").type.list_size,
@@ -96,7 +98,8 @@ def inspect_main(url: str) -> int:
         if stats:
             n_tracks = sum(s["tracks"] for s in stats.values())
             n_faces = sum(s["_faces"] for s in stats.values())
-            srows.append(["TOTAL", n_tracks, "", f"{n_faces / max(n_tracks, 1):.1f}", "", "", "",
+            srows.append(["TOTAL", n_tracks, sum(s["valid"] for s in stats.values()),
+                          f"{n_faces / max(n_tracks, 1):.1f}", "", "", "",
                           sum(s["hard negatives"] for s in stats.values()),
                           sum(s["tracklets"] for s in stats.values()),
                           _human(sum(s["_size"] for s in stats.values()))])

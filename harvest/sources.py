@@ -40,12 +40,18 @@ def _canonical(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 def list_sources(url: str) -> list[Source]:
     """Videos named by ``url``: one file, a directory (searched recursively), or a glob.
-    Directory listings keep video extensions only; an explicit file is always kept."""
+    Directory listings keep video extensions only; an explicit file is always kept. Nothing
+    found is an error (FileNotFoundError), not an empty list."""
     fs, path = fsspec.core.url_to_fs(url)
     if any(ch in path for ch in "*?["):
         paths = fs.glob(path)
+        if not paths:
+            raise FileNotFoundError(f"no video found: no file matches {url}")
     elif fs.isdir(path):
         paths = [p for p in fs.find(path) if p.lower().endswith(VIDEO_EXTENSIONS)]
+        if not paths:
+            raise FileNotFoundError(f"no video found in {url} (searched recursively for "
+                                    f"{', '.join(VIDEO_EXTENSIONS)})")
     elif fs.exists(path):
         paths = [path]
     else:

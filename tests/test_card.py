@@ -194,7 +194,20 @@ def test_card_is_deterministic_and_takes_options(out, card, tmp_path):
     meta, body = split_card(c.read_text())
     assert meta["license"] == "cc-by-nc-4.0" and meta["pretty_name"] == "Crowd faces"
     assert body.startswith("\n# Crowd faces\n") and "privacy@example.org" in body
-    assert cli.main(["card", str(tmp_path / "missing")]) == 1
+    assert cli.main(["card", str(tmp_path / "missing")]) == cli.EXIT_USAGE
+
+
+def test_the_default_harvest_declares_its_face_images(out, card):
+    """`harvest run` stores crops by default (--crops sample): the card counts them from the
+    shards and never says the dataset holds no images."""
+    _, body = split_card(card)
+    crops = sum(len(c) for p in glob.glob(os.path.join(out, "shards", "*.parquet"))
+                for c in pq.read_table(p, columns=["crop_positions"])["crop_positions"].to_pylist())
+    assert crops > 0
+    assert {k: int(v) for k, v in table_rows(section(body, "Contents"))}["face images"] == crops
+    assert "holds no frames, only" not in body
+    consent = " ".join(section(body, "Consent and personal data").split())
+    assert f"{crops} face images" in consent and "--crops none`" in consent
 
 
 def test_size_categories_follow_the_hub_bins():
@@ -221,3 +234,86 @@ def test_card_of_an_output_without_shards(tmp_path):
     rows = {r[0].strip("`"): r for r in table_rows(section(body, "Schema"))}
     assert list(rows) == S.shard_schema(8).names
     assert re.fullmatch(r"`fixed_size_list<\w+: float>\[D\]`", rows["mean_embedding"][1])
+
+
+# --- what the card declares follows from what the shards hold (no Ray: synthetic shards) ---------
+
+def synthetic_output(root, crops_per_track: int, detector_file: str, embedder_file: str,
+                     backend: str) -> tuple[str, int]:
+    """An output root with two synthetic shards (``training.synthetic``) holding
+    ``crops_per_track`` real JPEG face crops per track, their manifest records, and the model
+    files of ``backend`` in the metadata. -> (root, crops stored)."""
+    import cv2
+    import numpy as np
+    import pyarrow as pa
+
+    from harvest import storage
+    from training.synthetic import SyntheticSpec, make_title
+    fs, out = storage.open_fs(str(root))
+    jpeg = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))[1].tobytes()
+    stored = 0
+    for i in range(2):
+        table, _, _ = make_title(f"title{i}", SyntheticSpec(dim=8, tracks_per_title=12), i, False)
+        n = table.num_rows
+        meta = {**S.read_metadata(table.schema), "backend": backend,
+                "detector_file": detector_file, "embedder_file": embedder_file,
+                "crops": "sample" if crops_per_track else "none"}
+        k = [min(crops_per_track, f) for f in table.column("n_faces").to_pylist()]
+        stored += sum(k)
+        table = table.set_column(table.schema.get_field_index("crops"), "crops",
+                                 pa.array([[jpeg] * c for c in k], pa.list_(pa.binary())))
+        table = table.set_column(table.schema.get_field_index("crop_positions"), "crop_positions",
+                                 pa.array([list(range(c)) for c in k], pa.list_(pa.int32())))
+        table = table.replace_schema_metadata(None).cast(S.with_metadata(S.shard_schema(8), meta))
+        fs.makedirs(f"{out}/shards", exist_ok=True)
+        pq.write_table(table, f"{out}/shards/{meta['title_id']}.parquet")
+        storage.write_record(fs, out, {
+            "title_id": meta["title_id"], "source": f"file:///videos/{meta['title_id']}.mp4",
+            "status": "done", "error": None, "shard_path": None, "shard_sha256": None,
+            "frames": 100, "faces": int(sum(table.column("n_faces").to_pylist())),
+            "tracks": n, "valid_tracks": n, "cannot_link_pairs": 0, "seconds": 1.0,
+            "config_hash": "0" * 16, "backend": backend,
+            "pipeline_version": S.PIPELINE_VERSION, "finished_at": None})
+    return out, stored
+
+
+def test_card_declares_the_face_images_the_shards_hold(tmp_path):
+    """The default --crops sample stores face images: the card counts them from the shards,
+    says they are biometric personal data and how to harvest without them."""
+    out, stored = synthetic_output(tmp_path, 3, "scrfd_2.5g_bnkps.onnx", "mobilefacenet_128.onnx",
+                                   "torch")
+    assert stored > 0
+    assert cli.main(["card", out]) == 0
+    _, body = split_card((tmp_path / "README.md").read_text())
+    contents = {k: int(v) for k, v in table_rows(section(body, "Contents"))}
+    assert contents["face images"] == stored
+    assert 0 < contents["face image bytes"] < contents["shard bytes"]
+    assert contents["shards"] == 2
+    licence = section(body, "Licence")
+    assert "holds no frames, only" not in licence and f"{stored} face images" in licence
+    consent = " ".join(section(body, "Consent and personal data").split())
+    assert f"{stored} face images" in consent and "--crops none" in consent
+    assert "Face images and face embeddings are biometric personal data" in consent
+    assert "2 source video(s)" in consent
+    roles = {r[2]: r[1] for r in table_rows(section(body, "Model files and licences"))}
+    assert roles == {"scrfd_2.5g_bnkps.onnx": "face detector and 5 landmarks (SCRFD)",
+                     "mobilefacenet_128.onnx": "face embedder (recognition network)"}
+
+
+def test_card_of_a_crops_none_harvest_and_dlib_model_roles(tmp_path):
+    """No crops stored: the card says no face images (embeddings still biometric); dlib's
+    68-point landmark model is named by its role, not as the detector."""
+    out, stored = synthetic_output(tmp_path, 0, "shape_predictor_68_face_landmarks.dat",
+                                   "dlib_face_recognition_resnet_model_v1.dat", "dlib")
+    assert stored == 0
+    assert cli.main(["card", out]) == 0
+    _, body = split_card((tmp_path / "README.md").read_text())
+    contents = {k: int(v) for k, v in table_rows(section(body, "Contents"))}
+    assert contents["face images"] == 0 == contents["face image bytes"]
+    assert "no frames and no face images" in section(body, "Licence")
+    consent = " ".join(section(body, "Consent and personal data").split())
+    assert "hold no face image" in consent and "biometric personal data" in consent
+    roles = {r[2]: r[1] for r in table_rows(section(body, "Model files and licences"))}
+    assert roles["shape_predictor_68_face_landmarks.dat"].startswith("68-point face landmarks")
+    assert "detector" not in roles["shape_predictor_68_face_landmarks.dat"].split("(")[0]
+    assert roles["dlib_face_recognition_resnet_model_v1.dat"].startswith("face embedder")

@@ -307,3 +307,26 @@ def test_galleries_paginate_without_splitting_a_cluster(tmp_path):
     for f in files:
         check_links(lambda p: (tmp_path / p).read_text() if p.endswith(".html") else "",
                     lambda p: (tmp_path / p).exists() or p == "index.html", f"T/{f}")
+
+
+def test_cluster_gallery_labels_each_track_with_a_link_to_its_strip(tmp_path):
+    """Galleries show each track's id on its thumbnail, a link to the track's strip (the
+    harvest report's pages of the title, written beside the galleries). No Ray, no browser."""
+    from harvest.html_report import cluster_report
+    from training.synthetic import SyntheticSpec, write_dataset
+    data = write_dataset(str(tmp_path / "syn"), 1, SyntheticSpec(dim=8, tracks_per_title=14),
+                         seed=2, labels=False)
+    shard = os.path.join(data["shards"], "title000.parquet")
+    ids = pq.read_table(shard, columns=["track_id"])["track_id"].to_numpy()
+    rep = tmp_path / "rep"
+    cluster_report(str(rep), [dict(title="title000", path=shard, method="c1c", track_ids=ids,
+                                   cluster_id=ids % 3, confidence=np.ones(len(ids)))],
+                   tracks_per_page=5)
+    galleries = sorted((rep / "title000").glob("c1c*.html"))
+    labels = [m for g in galleries
+              for m in re.findall(r"<a href='(\d+)\.html#t(\d+)'><b>#(\d+)</b></a>", g.read_text())]
+    assert sorted(int(t) for _, t, shown in labels if t == shown) == sorted(ids.tolist())
+    assert {int(t): int(p) for p, t, _ in labels} == {int(t): 1 + i // 5 for i, t in enumerate(ids)}
+    n = sum(check_links(lambda p: (rep / p).read_text() if p.endswith(".html") else "",
+                        lambda p: (rep / p).exists(), f"title000/{g.name}") for g in galleries)
+    assert n >= len(ids)

@@ -20,7 +20,7 @@ from training.methods import Job, read_tracks
 from training.methods import get as get_method
 from training.registry import embed_rows, mean_track_embedding
 
-DEFAULT_METHODS = ("hac-k", "hac-threshold", "ap")
+DEFAULT_METHODS = ("auto", "hac-k", "hac-threshold", "ap")
 
 METRIC_KEYS = ("wcp", "nmi", "v_measure", "homogeneity", "completeness", "n_tracks",
                "n_unmatched", "n_clusters", "n_identities", "pcr", "oci", "bcubed_precision",
@@ -50,13 +50,37 @@ def load_title(info: dict, labels, key: str, model=None, min_iou: float = 0.5,
                 n_unmatched=int((~keep).sum()))
 
 
+class NoLabelledTitle(ValueError):
+    """The titles to evaluate have no labels (a usage mistake: `evaluate` exits 2)."""
+
+
+def _names(infos: list[dict]) -> str:
+    """The harvested titles, as a label file may name them: source file name (title_id)."""
+    import os
+    shown = [f"{os.path.basename(i['source_uri'].rstrip('/'))} ({i['title_id']})"
+             for i in sorted(infos, key=lambda i: i["title_id"])]
+    return ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+
+
+def labelled_titles(infos: list[dict], labels, labels_url: str) -> list[str]:
+    """title_ids of the shards the labels name; none is a ``NoLabelledTitle``."""
+    found = sorted({i["title_id"] for i in infos if labels.key_for(i["title_id"], i["source_uri"])})
+    if not found:
+        named = sorted(labels.by_title)
+        raise NoLabelledTitle(
+            f"no labelled title found: {labels_url} names {', '.join(named[:10]) or 'no title'}"
+            f"{' ...' if len(named) > 10 else ''}; the shards hold {_names(infos)}")
+    return found
+
+
 def select(infos: list[dict], labels, titles) -> list[tuple[dict, str]]:
     """(shard info, label key) for each requested title (title_id or source file name)."""
     out = []
     for info in resolve_titles(infos, titles):
         key = labels.key_for(info["title_id"], info["source_uri"])
         if key is None:
-            raise ValueError(f"title {info['title_id']!r} has no labels")
+            raise NoLabelledTitle(f"title {info['title_id']!r} has no labels (the label file "
+                                  f"names {', '.join(sorted(labels.by_title)[:10])})")
         out.append((info, key))
     return out
 
@@ -82,16 +106,15 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
     from training.train import load_head
 
     methods = [get_method(m) for m in methods]
+    labels = read_labels(labels_url)
+    infos = shard_info(shards)
+    chosen = select(infos, labels, titles or labelled_titles(infos, labels, labels_url))
+    val_chosen = select(infos, labels, val_titles or [])
     head_name, model, loss = ("raw", None, None) if head is None else load_head(head)
     spec = registry.get(head_name) if model is not None else None
     rule = spec.embed_tracks if spec else mean_track_embedding
-    labels = read_labels(labels_url)
-    infos = shard_info(shards)
-    titles = titles or sorted({i["title_id"] for i in infos
-                               if labels.key_for(i["title_id"], i["source_uri"])})
-    data = [load_title(i, labels, k, model, min_iou, rule) for i, k in select(infos, labels, titles)]
-    val = [load_title(i, labels, k, model, min_iou, rule)
-           for i, k in select(infos, labels, val_titles or [])]
+    data = [load_title(i, labels, k, model, min_iou, rule) for i, k in chosen]
+    val = [load_title(i, labels, k, model, min_iou, rule) for i, k in val_chosen]
     own_cut = spec.stop_rule(loss) if spec and spec.stop_rule else None
     records, drawn = [], []
     for method in methods:
@@ -137,11 +160,16 @@ def _record(title, method, head_name, titles: list[dict], preds: list) -> dict:
     return {k: rec[k] for k in ("title", "method", "head", *METRIC_KEYS)}
 
 
+TABLE_COLUMNS = ("title", "method", "head", "n_tracks", "n_unmatched", "n_clusters",
+                 "n_identities", "wcp", "nmi", "v_measure", "bcubed_f1", "pcr", "oci",
+                 "tpr_at_fpr_0_1")
+
+
 def format_table(records: list[dict]) -> str:
-    cols = ("title", "method", "head", "n_tracks", "n_unmatched", "n_clusters", "n_identities",
-            "wcp", "nmi", "v_measure", "bcubed_f1", "oci", "tpr_at_fpr_0_1")
+    """The console table: one line per record, the metrics of ``TABLE_COLUMNS``."""
+    cols = TABLE_COLUMNS
     rows = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in records]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
     return "\n".join([line(cols)] + [line(r) for r in rows])
 

@@ -8,7 +8,9 @@ per epoch from the seed, balanced by track count), streams them one title group 
 that runs out of batches first starts over until every rank has done its share once (equal
 step counts, nothing dropped). Validation: each rank a fixed share of the validation titles,
 losses summed over ranks. Rank 0 logs one line per epoch and reports the checkpoint; every run
-(same ``RunConfig`` name and storage path) resumes from ``ray.train.get_checkpoint()``, and so
+(same ``RunConfig`` name and storage path) resumes from ``ray.train.get_checkpoint()`` (the
+``train`` command first makes the user choose: ``--resume``, ``--overwrite``; see
+``existing_run``), and so
 does a restart: with ``max_failures`` a dead worker restarts the group from the last epoch's
 checkpoint and that epoch replays with the same title order. Early stopping: validation loss
 must fall by ``min_delta`` within ``patience`` epochs.
@@ -321,6 +323,28 @@ def load_head(path: str):
     obj = Objective(saved["head"], saved["in_dim"], saved["model_kwargs"])
     obj.load_state_dict(saved["objective"])
     return saved["head"], obj.model.eval(), obj.loss
+
+
+def existing_run(output: str, name: str) -> dict | None:
+    """The run directory ``output/name`` an earlier ``fit`` left, if it holds anything:
+    ``{"path", "epoch"}`` (the latest checkpointed epoch, None without a checkpoint)."""
+    import fsspec
+    url = _local_abs(output).rstrip("/") + "/" + name
+    fs, p = fsspec.core.url_to_fs(url)
+    if not fs.isdir(p) or not fs.ls(p, detail=False):
+        return None
+    epochs = []
+    for meta in fs.glob(p + "/*/" + HEAD_FILE):
+        with fs.open(meta) as f:
+            epochs.append(json.load(f).get("epoch") or 0)
+    return dict(path=url, epoch=max(epochs, default=None))
+
+
+def remove_run(run: dict) -> None:
+    """Delete a run directory found by :func:`existing_run` (``train --overwrite``)."""
+    import fsspec
+    fs, p = fsspec.core.url_to_fs(run["path"])
+    fs.rm(p, recursive=True)
 
 
 def _local_abs(url: str) -> str:
