@@ -11,6 +11,10 @@ HARVEST_FAULT_STALL_SECONDS, default 300) before harvesting each title. It only 
 
 HARVEST_FAULT_CRASH_ON=<substring>: the worker process harvesting a matching source exits at once
 (``os._exit``), as a segfault or the OOM killer would end it: a system failure, not bad input.
+
+HARVEST_FAULT_AUTO_BACKEND=<backend name>: a worker resolves ``--backend auto`` to that backend,
+as a node of another type would (torch on a GPU node behind a CPU head); the driver, which never
+reads it, resolves ``auto`` as usual.
 """
 from __future__ import annotations
 
@@ -23,6 +27,13 @@ ENV_PREFIX = "HARVEST_FAULT_"
 
 def fault_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+
+
+def backend_here(requested: str) -> str:
+    """The backend a worker loads for ``requested``: itself, or under HARVEST_FAULT_AUTO_BACKEND
+    the named one in place of ``auto``."""
+    name = os.environ.get(ENV_PREFIX + "AUTO_BACKEND")
+    return name if name and requested == "auto" else requested
 
 
 def maybe_hang(uri: str) -> None:

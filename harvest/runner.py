@@ -33,7 +33,7 @@ from harvest.config import HarvestConfig, RunOptions
 from harvest.faults import fault_env
 from harvest.schema import STATUS_DONE
 from harvest.sources import Source, list_sources
-from harvest.worker import TitleWorker, config_hash, finish, new_record
+from harvest.worker import TitleWorker, config_hash, finish, new_record, requested_config_hash
 
 PROGRESS_EVERY = 1.0          # seconds between progress polls of the running actors
 CAPACITY_EVERY = 2.0          # seconds between looks at the alive nodes
@@ -44,26 +44,37 @@ class Plan:
     sources: list          # every source found
     todo: list             # sources to harvest now
     skipped: list          # records of titles already done with this config
-    config_hash: str
+    config_hash: str       # of the setup ``auto`` resolves to on the driver
     backend: str
+    requested_hash: str    # of the config as given (``requested_config_hash``): resume compares it
 
 
 def plan_run(input_url: str, output_url: str, config: HarvestConfig,
              options: RunOptions) -> Plan:
     sources = list_sources(input_url)
     backend, cfg_hash = config_hash(config)
+    requested = requested_config_hash(config)
     fs, root = storage.open_fs(output_url)
     records = storage.read_records(fs, root)
     todo, skipped = [], []
     for s in sources:
         rec = records.get(s.title_id)
-        if rec and rec["status"] == STATUS_DONE and rec["config_hash"] == cfg_hash:
+        if rec and rec["status"] == STATUS_DONE and up_to_date(rec, requested, cfg_hash):
             skipped.append(rec)
         elif rec and rec["status"] != STATUS_DONE and not options.retry_failed:
             skipped.append(rec)
         else:
             todo.append(s)
-    return Plan(sources, todo, skipped, cfg_hash, backend)
+    return Plan(sources, todo, skipped, cfg_hash, backend, requested)
+
+
+def up_to_date(record: dict, requested_hash: str, cfg_hash: str) -> bool:
+    """Whether a done title's shard is the one this run asks for: harvested for the same request
+    (the config as given, ``auto`` unresolved: equal on any mix of node types, where the worker's
+    ``auto`` may mean another backend than the driver's), or with exactly the setup ``auto``
+    resolves to here (the only test for a record written before requested hashes)."""
+    return (record.get("requested_config_hash") == requested_hash
+            or record.get("config_hash") == cfg_hash)
 
 
 def system_errors() -> tuple:
@@ -76,10 +87,8 @@ def system_errors() -> tuple:
 
 
 def _ray():
-    import ray
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False)   # honours RAY_ADDRESS
-    return ray
+    from harvest.raystart import init_ray
+    return init_ray(log_to_driver=False)    # no-op when up; honours RAY_ADDRESS
 
 
 def _actor_class(ray):
@@ -172,7 +181,8 @@ class _Run:
             self.on_record(record)
 
     def fail(self, source: Source, error: str, seconds: float = 0.0) -> None:
-        record = new_record(source, self.plan.config_hash, self.plan.backend)
+        record = new_record(source, self.plan.config_hash, self.plan.backend,
+                            self.plan.requested_hash)
         record = finish(record, error, time.perf_counter() - seconds)
         record["attempts"] = self.attempts[source.title_id]      # 0: never reached a worker
         storage.write_record(self.fs, self.root, record)

@@ -154,6 +154,9 @@ MANIFEST_FIELDS = (
     "frames", "faces", "tracks", "valid_tracks", "cannot_link_pairs", "seconds",
     "config_hash", "backend", "pipeline_version", "finished_at",
 )
+# Also written (records and shard metadata) but optional, absent from older runs:
+# "requested_config_hash", the hash of the config as given (``auto`` unresolved) that resume
+# compares; "config_hash"/"backend" say what actually ran.
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 COUNT_FIELDS = ("frames", "faces", "tracks", "valid_tracks", "cannot_link_pairs")

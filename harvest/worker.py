@@ -6,16 +6,20 @@ Ray actor so models load once per worker process.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import glob
 import hashlib
+import os
 import time
 import traceback
 
 from harvest import storage
 from harvest.config import HarvestConfig, RunOptions
 from harvest.decode import DecodeError
-from harvest.faces.registry import load_backend, model_files, resolve
-from harvest.faults import maybe_hang
+from harvest.faces.base import file_sha256
+from harvest.faces.registry import load_backend, model_files, resolve, stage_models
+from harvest.faults import backend_here, maybe_hang
 from harvest.pipeline import harvest_title
 from harvest.schema import PIPELINE_VERSION, STATUS_DONE, STATUS_FAILED
 from harvest.shard import warm_up
@@ -25,19 +29,35 @@ from harvest.sources import Source, staged
 def config_hash(config: HarvestConfig, files: list | None = None,
                 backend: str | None = None) -> tuple[str, str]:
     """-> (backend actually used, hash of config + backend + model file digests).
-    ``files``/``backend`` of an already loaded backend avoid routing the model files again."""
+    ``files``/``backend`` of an already loaded backend avoid routing the model files again.
+    It says what ran, so it depends on the node (``auto`` means torch on a GPU node)."""
     if files is None:
         backend, model_dir = resolve(config.backend, config.models)
         files = model_files(backend, model_dir)
-    digest = hashlib.sha256("".join(m.sha256 for m in files).encode())
-    return backend, config.content_hash(backend, digest.hexdigest()[:16])
+    return backend, config.content_hash(backend, _digest(m.sha256 for m in files))
 
 
-def new_record(source: Source, cfg_hash: str, backend: str) -> dict:
+def requested_config_hash(config: HarvestConfig) -> str:
+    """Hash of the config as the user gave it: the backend as asked for (``auto`` included) and
+    the digests of the ``--models`` pack's ``.onnx`` files when one is named. It resolves
+    nothing, so a CPU head and a GPU worker agree on it: resume compares it (``plan_run``)."""
+    files = []
+    if config.models:
+        pack = stage_models(config.models)      # a remote pack: the local copy (made once)
+        files = sorted(glob.glob(os.path.join(pack, "*.onnx")))
+    return config.content_hash(config.backend, _digest(file_sha256(f) for f in files))
+
+
+def _digest(shas) -> str:
+    return hashlib.sha256("".join(shas).encode()).hexdigest()[:16]
+
+
+def new_record(source: Source, cfg_hash: str, backend: str, requested_hash: str) -> dict:
     return {"title_id": source.title_id, "source": source.uri, "status": STATUS_FAILED,
             "error": None, "shard_path": None, "shard_sha256": None, "frames": 0, "faces": 0,
             "tracks": 0, "valid_tracks": 0, "cannot_link_pairs": 0, "seconds": 0.0,
-            "config_hash": cfg_hash, "backend": backend, "pipeline_version": PIPELINE_VERSION,
+            "config_hash": cfg_hash, "backend": backend,
+            "requested_config_hash": requested_hash, "pipeline_version": PIPELINE_VERSION,
             "finished_at": None}
 
 
@@ -54,10 +74,12 @@ class TitleWorker:
         self.config = config
         self.options = options or RunOptions()
         self.fs, self.root = storage.open_fs(output_url)
-        self.backend = load_backend(config, use_gpu=self.options.gpus_per_worker > 0,
+        here = dataclasses.replace(config, backend=backend_here(config.backend))
+        self.backend = load_backend(here, use_gpu=self.options.gpus_per_worker > 0,
                                     threads=threads)
         self.backend_name, self.config_hash = config_hash(
             config, self.backend.model_files, self.backend.name)
+        self.requested_hash = requested_config_hash(config)
         self.positions: dict = {}       # title_id -> progress of each title running here
         warm_up()       # load the shard writer's libraries now (flat RSS over a title)
 
@@ -96,14 +118,15 @@ class TitleWorker:
             "backend": self.backend_name,
             "detector_file": files["detector"].name, "detector_sha256": files["detector"].sha256,
             "embedder_file": files["embedder"].name, "embedder_sha256": files["embedder"].sha256,
-            "config_hash": self.config_hash, "shot_boundaries": result.shot_boundaries,
+            "config_hash": self.config_hash, "requested_config_hash": self.requested_hash,
+            "shot_boundaries": result.shot_boundaries,
             "crop_size": self.backend.crop_size,
             **self.config.settings(),        # det_stride, min_track_seconds, crops, ... (all of them)
         }
 
     def process(self, source: Source) -> dict:
         started = time.perf_counter()
-        record = new_record(source, self.config_hash, self.backend_name)
+        record = new_record(source, self.config_hash, self.backend_name, self.requested_hash)
         try:
             maybe_hang(source.uri)
             with staged(source.uri, self.options.scratch_dir) as local:

@@ -1,7 +1,10 @@
 """cluster_configs/: every Ray cluster launcher YAML passes the installed Ray's own validation
 (the schema it ships and the checks `ray up` runs), every KubeRay manifest carries what the
 ray.io/v1 CRDs require, and every job command they document or run parses with the installed
-`harvest` / `train` CLIs and fits the GPU nodes it is meant for."""
+`harvest` / `train` CLIs and fits the GPU nodes it is meant for.
+
+The Ray version lives in one place, the ``ray[...]==X`` pin of pyproject.toml: the configs'
+images, rayVersion and pip pins must name it, and the installed Ray must be it."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +21,7 @@ import jsonschema
 import pytest
 import ray
 import yaml
+from packaging.requirements import Requirement
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 import harvest.cli
@@ -39,7 +43,16 @@ MANIFESTS = [(n, i, doc) for n, docs in YAMLS.items() for i, doc in enumerate(do
              if "apiVersion" in doc]
 RAYCLUSTER = next(doc for _, _, doc in MANIFESTS if doc["kind"] == "RayCluster")
 RAYJOBS = {doc["metadata"]["name"]: doc for _, _, doc in MANIFESTS if doc["kind"] == "RayJob"}
-EXTRAS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+EXTRAS = PROJECT["optional-dependencies"]
+
+
+def ray_requirement(dependencies: list[str]) -> Requirement:
+    (req,) = [r for r in map(Requirement, dependencies) if r.name == "ray"]
+    return req
+
+
+RAY_PIN = next(iter(ray_requirement(PROJECT["dependencies"]).specifier)).version
 
 
 # --- job commands -------------------------------------------------------------------------------
@@ -83,6 +96,51 @@ def actors_per_node(ns, cpus: float, gpus: float) -> int:
     fits = [math.floor(have / need + 1e-9) for have, need in
             ((cpus, ns.cpus_per_worker), (gpus, ns.gpus_per_worker)) if need > 0]
     return min(fits) if fits else 0
+
+
+# --- the Ray version ----------------------------------------------------------------------------
+
+# Where a config names a Ray version: image tags, KubeRay's rayVersion, pip pins, prose
+# ("Ray 2.60").
+RAY_VERSION_MENTIONS = (r"rayproject/ray:(\d[\w.]*?)-", r"rayVersion:\s*\"?(\d[\w.]*)",
+                        r"\bray\[[\w,]*\]==(\d[\w.]*)", r"\bRay (\d+\.\d+(?:\.\d+)?)\b")
+
+
+def ray_versions(text: str) -> list[str]:
+    return [m.group(1) for pattern in RAY_VERSION_MENTIONS for m in re.finditer(pattern, text)]
+
+
+def stale_ray_versions(text: str, pin: str) -> list[str]:
+    """The Ray versions ``text`` names that are not ``pin`` (prose may name just major.minor)."""
+    return [v for v in ray_versions(text) if v != pin and not pin.startswith(v + ".")]
+
+
+def test_ray_is_pinned_and_the_pinned_ray_is_installed():
+    """One supported Ray: an exact pin (a looser range lets the next Ray release into CI, where
+    the configs below, which name one version, fail), with the extras harvest and train use."""
+    req = ray_requirement(PROJECT["dependencies"])
+    (spec,) = req.specifier
+    assert spec.operator == "==", f"pyproject.toml: pin ray exactly, not {req}"
+    assert {"default", "data", "train"} <= req.extras
+    assert ray.__version__ == RAY_PIN, \
+        f"installed ray {ray.__version__}, pyproject.toml pins {RAY_PIN}: pip install -e ."
+
+
+@pytest.mark.parametrize("name", [p.name for p in FILES])
+def test_every_ray_version_a_config_names_is_the_pin(name):
+    assert stale_ray_versions((CONFIGS / name).read_text(), RAY_PIN) == []
+
+
+def test_every_kind_of_ray_version_mention_is_checked():
+    """The configs name the pin in each form the check reads, and a stale one of each is caught."""
+    text = "".join(p.read_text() for p in FILES)
+    for pattern in RAY_VERSION_MENTIONS:
+        assert re.search(pattern, text), f"no config mentions Ray as {pattern}"
+    forms = ("rayproject/ray:{}-py311-gpu", 'rayVersion: "{}"', 'pip install "ray[default]=={}"',
+             "(Ray {}, Python 3.11)")
+    for form in forms:
+        assert stale_ray_versions(form.format(RAY_PIN), RAY_PIN) == []
+        assert stale_ray_versions(form.format("2.59.1"), RAY_PIN) == ["2.59.1"], form
 
 
 # --- launcher configs ---------------------------------------------------------------------------
@@ -172,10 +230,10 @@ def test_launcher_installs_this_checkout_with_the_right_extras(name):
         assert "onnxruntime-gpu" in (CONFIGS / "gpu_setup.sh").read_text()
         # the cluster runs the Ray of the client that runs `ray up` / `ray job submit`
         for key in ("head_image", "worker_image"):
-            assert f":{ray.__version__}-" in config["docker"][key]
+            assert f":{RAY_PIN}-" in config["docker"][key]
         assert config["docker"]["worker_image"].endswith("-gpu")
-    else:   # no image: the setup installs the client's Ray next to the project
-        assert any(f"ray[default]=={ray.__version__}" in c for c in installs)
+    else:   # no image: the setup installs the pinned Ray next to the project
+        assert any(f"ray[default]=={RAY_PIN}" in c for c in installs)
 
 
 BROKEN_LAUNCHERS = {
@@ -228,10 +286,10 @@ def _pod_problems(where: str, template) -> list[str]:
 def cluster_spec_problems(spec: dict) -> list[str]:
     """What KubeRay (ray.io/v1 RayClusterSpec) requires and what this project relies on:
     a head group with rayStartParams and a container; worker groups with a name, replica
-    bounds, rayStartParams, and GPU limits; the in-tree autoscaler on; the client's Ray."""
+    bounds, rayStartParams, and GPU limits; the in-tree autoscaler on; the pinned Ray."""
     out = []
-    if spec.get("rayVersion") != ray.__version__:
-        out.append(f"rayVersion {spec.get('rayVersion')!r} != installed ray {ray.__version__}")
+    if spec.get("rayVersion") != RAY_PIN:
+        out.append(f"rayVersion {spec.get('rayVersion')!r} != pinned ray {RAY_PIN}")
     if spec.get("enableInTreeAutoscaling") is not True:
         out.append("enableInTreeAutoscaling must be true")
     head = spec.get("headGroupSpec") or {}
@@ -311,9 +369,9 @@ def test_rayjobs_run_on_the_raycluster_spec_and_one_image():
                                                           spec["workerGroupSpecs"]]:
             images |= {c["image"] for c in tpl["spec"]["containers"]}
     assert len(images) == 1
-    # the image is built from cluster_configs/Dockerfile on the client's Ray
+    # the image is built from cluster_configs/Dockerfile on the pinned Ray
     base = re.search(r"^FROM\s+(\S+)", (CONFIGS / "Dockerfile").read_text(), re.M).group(1)
-    assert base.startswith(f"rayproject/ray:{ray.__version__}-") and base.endswith("-gpu")
+    assert base.startswith(f"rayproject/ray:{RAY_PIN}-") and base.endswith("-gpu")
     assert "gpu_setup.sh" in (CONFIGS / "Dockerfile").read_text()
 
 
