@@ -38,8 +38,8 @@ from typing import Iterator
 import av
 import numpy as np
 
-__all__ = ["DecodeError", "VideoInfo", "FrameChunk", "ChunkedVideoReader", "MAX_CHUNK_BYTES",
-           "chunk_frames_within", "truncation"]
+__all__ = ["DecodeError", "ReaderFailed", "VideoInfo", "FrameChunk", "ChunkedVideoReader",
+           "MAX_CHUNK_BYTES", "chunk_frames_within", "truncation"]
 
 # One chunk of decoded RGB frames is kept at or below this many bytes (at least one frame):
 # 32 frames of 4K would be 800 MB; at this bound 360p chunks keep their 32 frames, 720p ones hold
@@ -56,6 +56,12 @@ class DecodeError(Exception):
     """A video cannot be decoded (or only partly); the message says why, for humans."""
 
 
+class ReaderFailed(DecodeError):
+    """A preferred (GPU) reader could not finish a title it had started: a decoder error
+    mid-stream, or a stream that ended early. Not a verdict on the file: the reader registry
+    decodes the title again with the CPU reader from its first frame (``harvest.readers``)."""
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """Stream facts. ``width``/``height`` are the display size of the yielded frames (after
@@ -64,7 +70,8 @@ class VideoInfo:
     the file) and may be wrong; for containers without a count (Matroska) it is estimated from
     the duration. ``rotation`` is the display
     rotation applied (degrees counter-clockwise, 0/90/180/270); ``sample_aspect_ratio`` is
-    "num:den" of the stored pixels (frames are resampled to 1:1); ``time_base`` is "num/den"."""
+    "num:den" of the stored pixels (frames are resampled to 1:1); ``time_base`` is "num/den";
+    ``container`` the container format as FFmpeg names it ("mov,mp4,m4a,3gp,3g2,mj2", "mpegts")."""
     fps: float
     width: int
     height: int
@@ -77,6 +84,7 @@ class VideoInfo:
     sample_aspect_ratio: str = "1:1"
     time_base: str = ""
     interlaced: bool = False
+    container: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,7 +256,7 @@ class ChunkedVideoReader:
         return VideoInfo(fps, w, h, reported, ctx.name, first.format.name, first.width, first.height,
                          90 * self._rot, f"{sar.numerator}:{sar.denominator}",
                          f"{s.time_base.numerator}/{s.time_base.denominator}" if s.time_base else "",
-                         bool(first.interlaced_frame))
+                         bool(first.interlaced_frame), self._container.format.name)
 
     def _why_none(self) -> str:
         if self.skipped_packets:

@@ -9,11 +9,14 @@ The CPU reader (``pyav``, ``harvest.decode.ChunkedVideoReader``) always opens th
 its probe is where bad input is diagnosed (missing, empty, truncated, no video stream, unknown
 codec) and it supplies the ``VideoInfo`` every reader reports. A preferred reader that cannot take
 the title leaves the CPU reader in place with ``fallback`` saying why, so one odd file (a rotated
-phone clip, 10-bit HEVC) never fails a GPU run.
+phone clip, 10-bit HEVC) never fails a GPU run. A preferred reader that starts a title but cannot
+finish it (``ReaderFailed``: a decoder error mid-stream, a stream that ends early) is not the end of
+the title either: ``read_title`` runs the title again with the CPU reader from the first frame,
+``fallback`` naming the error, and what the first pass built is discarded by its caller.
 """
 from __future__ import annotations
 
-from harvest.decode import MAX_CHUNK_BYTES, ChunkedVideoReader
+from harvest.decode import MAX_CHUNK_BYTES, ChunkedVideoReader, ReaderFailed
 from harvest.nvdec import NvdecReader
 
 
@@ -68,3 +71,23 @@ def open_reader(path: str, *, decoder: str = "auto", device=None, chunk_frames: 
     if decoder != "auto" or getattr(device, "type", "cpu") == "cuda":
         cpu.fallback = "; ".join(reasons)   # a GPU run that decodes this title on the CPU says why
     return cpu
+
+
+def read_title(path: str, run, *, decoder: str = "auto", device=None, chunk_frames: int = 32,
+               max_chunk_bytes: int | None = MAX_CHUNK_BYTES):
+    """``run(reader)`` with the title's reader (``open_reader``); returns what ``run`` returns.
+    Where a preferred reader cannot finish the title (``run`` raises ``ReaderFailed``) the CPU
+    reader decodes it again from its first frame, ``fallback`` saying why, and ``run`` is called
+    once more: it must start from nothing and discard what it built when it raises."""
+    with open_reader(path, decoder=decoder, device=device, chunk_frames=chunk_frames,
+                     max_chunk_bytes=max_chunk_bytes) as reader:
+        try:
+            return run(reader)
+        except ReaderFailed as e:
+            if isinstance(reader, PyAVReader):
+                raise
+            why = f"{reader.name}: {e}; decoded again by {PyAVReader.name} from frame 0"
+    with PyAVReader(path, chunk_frames=chunk_frames, max_chunk_bytes=max_chunk_bytes,
+                    device=device) as cpu:
+        cpu.fallback = why
+        return run(cpu)

@@ -60,6 +60,24 @@ def test_nvdec_rules_on_real_streams(tmp_path):
     assert NvdecReader.unusable(interlaced, CUDA) == "interlaced stream"
 
 
+def test_nvdec_takes_containers_by_the_probe_not_the_codec_alone(tmp_path):
+    """MPEG-2 video is on NVDEC's codec list, but SimpleDecoder reads indexed, seekable
+    containers: in MP4 the stream is taken; in an MPEG-TS broadcast file the CPU reader decodes
+    it, and says why. The container comes from the CPU probe."""
+    installed = "" if HAVE_NVC else "PyNvVideoCodec is not installed"
+    mp4 = probe(write_video(tmp_path / "m2.mp4", n=8, codec="mpeg2video"))
+    assert (mp4.codec, mp4.container) == ("mpeg2video", "mov,mp4,m4a,3gp,3g2,mj2")
+    assert NvdecReader.unusable(mp4, CUDA) == installed
+    ts_path = write_video(tmp_path / "m2.ts", n=8, codec="mpeg2video")
+    ts = probe(ts_path)
+    assert (ts.codec, ts.container) == ("mpeg2video", "mpegts")
+    assert NvdecReader.unusable(ts, CUDA).startswith("container 'mpegts' (SimpleDecoder reads")
+    mkv = probe(write_video(tmp_path / "h.mkv", n=8))
+    assert mkv.container == "matroska,webm" and NvdecReader.unusable(mkv, CUDA) == installed
+    with open_reader(ts_path, decoder="nvdec", device=CUDA) as r:
+        assert r.name == "pyav" and r.fallback.startswith("nvdec: container 'mpegts'")
+
+
 def test_cpu_reader_is_used_with_the_reason_when_nvdec_cannot_be(tmp_path):
     rotated = write_video(tmp_path / "rot.mp4", n=8, rotation=90)
     with open_reader(rotated, decoder="nvdec", device=CUDA) as r:
