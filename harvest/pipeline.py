@@ -7,7 +7,9 @@ a track that closes gets its tracklets, mean and quality at once and its row goe
 spill file (``harvest.shard.SpillWriter``), leaving only a small summary in memory. At the end,
 validity, cannot-link and hard negatives are decided from the summaries, and
 ``harvest.shard.write_shard_file`` writes the shard from the spill. Memory stays flat in the
-title's length: the open tracks' faces, one spill batch, and (T, D) track means. Face crops
+title's length: the open tracks' faces, one spill batch, and (T, D) track means; and bounded in
+its resolution: a detector batch holds at most ``MAX_HELD_FRAME_BYTES`` of full frames (kept for
+alignment) and hands the detector only det-size images (``FaceBackend.prepare``). Face crops
 (``HarvestConfig.crops``) are JPEG-encoded in the detect stage, right after alignment; an open
 track holds its faces' JPEG bytes and keeps the ones its crops mode selects when it closes.
 """
@@ -26,7 +28,7 @@ from harvest.decode import VideoInfo
 from harvest.faces.base import Detections, FaceBackend
 from harvest.miners import mine_tracklets, nearest_cannot_linked, valid_links
 from harvest.miners.base import l2_normalize
-from harvest.readers import open_reader
+from harvest.readers import read_title
 from harvest.quality import blur_score, face_quality, face_size, mad_outliers, track_quality
 from harvest.schema import N_TRACKLETS
 from harvest.shard import SpillWriter, TitleColumns, TrackRow, encode_crops, write_shard_file
@@ -125,7 +127,8 @@ class TitleResult:
     times: StageTimes
     seconds: float
     decoder: str = "pyav"      # the reader that decoded the title (``harvest.readers``)
-    decoder_fallback: str = ""  # why a preferred reader was not used, if one was passed over
+    decoder_fallback: str = ""  # why a preferred reader was not used or did not finish, if one was
+    #                             passed over, or what it left to a fallback (nvdec: frame times)
 
 
 # -- stages ----------------------------------------------------------------------------------
@@ -144,36 +147,62 @@ def decode_stage(reader, shots: ShotDetector, fps: float, on_progress=None):
     return stage
 
 
+# Full-resolution frames a detector batch may hold (they wait there for alignment, which crops
+# from the full frame): 64 frames at 1080p (6.2 MB each), 16 at 4K (25 MB). The detector itself
+# sees only each frame's det-size image (``FaceBackend.prepare``, made as the frame is picked),
+# so a batch never holds full frames converted to float.
+MAX_HELD_FRAME_BYTES = 384 * 2**20
+
+
+@dataclass(frozen=True)
+class _Picked:
+    frame_idx: int
+    shot: int
+    pts: float
+    frame: object              # (H, W, 3) uint8, numpy or a tensor on the backend's device
+    input: object              # backend.prepare(frame)
+
+
 def detect_stage(backend: FaceBackend, stride: int, batch: int, min_face_size: float,
-                 encode: bool = False):
+                 encode: bool = False, max_held_bytes: int | None = None):
     """Detect and align; with ``encode`` the aligned crops are JPEG-encoded here, while they are
-    in memory (an open track then holds ~4 KB per face for its crops, not S*S*3 bytes)."""
+    in memory (an open track then holds ~4 KB per face for its crops, not S*S*3 bytes).
+    A detector call takes up to ``batch`` frames, filled across decode chunks (so a GPU batch is
+    not cut to a 1080p chunk's 4 frames), and fewer where their full frames would pass
+    ``max_held_bytes`` (default ``MAX_HELD_FRAME_BYTES``). With ``stride`` > 1 a picked frame is
+    copied out of its chunk, so the batch does not keep whole chunks alive for one frame each."""
+    cap = MAX_HELD_FRAME_BYTES if max_held_bytes is None else max_held_bytes
+
     def run(picked: list) -> Iterator:
-        """picked: (frame_idx, shot, pts, frame) of up to ``batch`` frames, maybe from several
-        chunks (so a GPU batch is not cut to a 1080p chunk's 4 frames)."""
-        frames = [p[3] for p in picked]
-        if not isinstance(frames[0], np.ndarray):            # tensors on the backend's device
-            import torch
-            frames = torch.stack(frames)
-        for (idx, shot, pts, _), frame, dets in zip(picked, frames, backend.detect(frames)):
+        for p, dets in zip(picked, backend.detect([p.input for p in picked])):
             dets = dets.keep(face_size(dets.boxes) >= min_face_size)
             if len(dets):
-                crops = backend.align(frame, dets)
-                yield DetectedFrame(idx, int(shot), float(pts), dets, crops,
+                crops = backend.align(p.frame, dets)
+                yield DetectedFrame(p.frame_idx, p.shot, p.pts, dets, crops,
                                     encode_crops(crops) if encode else None)
 
     def stage(chunks: Iterator) -> Iterator:
-        picked = []
+        picked, held = [], 0
         for chunk in chunks:
+            whole = stride == 1 or len(chunk.frames) == 1      # every frame of the chunk is used
             for i in range(len(chunk.frames)):
-                if (chunk.start + i) % stride == 0:
-                    picked.append((chunk.start + i, chunk.shot[i], chunk.pts[i], chunk.frames[i]))
-                    if len(picked) == batch:
-                        yield from run(picked)
-                        picked = []
+                if (chunk.start + i) % stride:
+                    continue
+                frame = chunk.frames[i] if whole else _own(chunk.frames[i])
+                picked.append(_Picked(chunk.start + i, int(chunk.shot[i]), float(chunk.pts[i]),
+                                      frame, backend.prepare(frame)))
+                held += frame.nbytes
+                if len(picked) == batch or held + frame.nbytes > cap:
+                    yield from run(picked)
+                    picked, held = [], 0
         if picked:
             yield from run(picked)
     return stage
+
+
+def _own(frame):
+    """A copy of one frame of a chunk (numpy or torch), holding none of the chunk's memory."""
+    return frame.copy() if isinstance(frame, np.ndarray) else frame.clone()
 
 
 def embed_stage(backend: FaceBackend, batch: int):
@@ -398,15 +427,17 @@ def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
                   options: RunOptions | None = None, on_progress=None) -> TitleResult:
     """Harvest one local video file. Raises harvest.decode.DecodeError on unreadable input.
     ``on_progress(frames_decoded, frames_reported)`` is called after every decoded chunk.
-    The result's ``tracks`` own a scratch directory (under ``options.scratch_dir``): close them."""
+    The result's ``tracks`` own a scratch directory (under ``options.scratch_dir``): close them.
+    A GPU reader that cannot finish the title hands it to the CPU reader, which harvests it again
+    from frame 0 (``harvest.readers.read_title``); the failed pass's tracks and scratch go."""
     options = options or RunOptions()
     t0 = time.perf_counter()
-    times = StageTimes()
-    shots = ShotDetector(config.shot_threshold, config.min_shot_frames)
     det_batch = options.det_batch or backend.preferred_batches[0]
     embed_batch = options.embed_batch or backend.preferred_batches[1]
-    with open_reader(path, decoder=options.decoder, device=backend.frame_device,
-                     chunk_frames=options.chunk_frames) as reader:
+
+    def attempt(reader) -> TitleResult:
+        times = StageTimes()
+        shots = ShotDetector(config.shot_threshold, config.min_shot_frames)
         fps = reader.info.fps if reader.info.fps and reader.info.fps > 0 else 25.0
         tracker = TitleTracker(config, fps, backend.embedding_dim, options.scratch_dir)
         try:
@@ -425,5 +456,8 @@ def harvest_title(path: str, backend: FaceBackend, config: HarvestConfig,
         except BaseException:
             tracker.close()
             raise
-    return TitleResult(info, frames, list(shots.boundaries), tracks, times,
-                       time.perf_counter() - t0, reader.name, reader.fallback)
+        return TitleResult(info, frames, list(shots.boundaries), tracks, times,
+                           time.perf_counter() - t0, reader.name, reader.fallback)
+
+    return read_title(path, attempt, decoder=options.decoder, device=backend.frame_device,
+                      chunk_frames=options.chunk_frames)

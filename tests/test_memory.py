@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from harvest.miners import mine_tracklets
 from harvest.miners.base import l2_normalize
@@ -195,3 +197,195 @@ def test_a_failed_title_leaves_no_crop_spool(tmp_path):
     assert any(p.startswith("crops-") for p in os.listdir(scratch))
     tracker.close()
     assert not os.path.exists(scratch)
+
+
+# -- detector batches: bounded bytes at any resolution, the same detections -------------------
+
+FRAME_4K = 3840 * 2160 * 3                   # 25 MB of RGB
+
+
+def write_4k_video(path: str, frames: int) -> str:
+    """A 3840x2160 H.264 clip written with PyAV: frame 0 of crowd.mp4 (1080p, a crowd of faces)
+    upscaled 2x and panned 8 pixels a frame, so every frame has faces to detect and align."""
+    import av
+    import cv2
+
+    from conftest import CROWD, need
+    from harvest.decode import ChunkedVideoReader
+    with ChunkedVideoReader(need(CROWD), chunk_frames=1) as r:
+        big = cv2.resize(next(iter(r.chunks())).frames[0], (3840, 2160))
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 3840, 2160, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "30"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.roll(big, 8 * i, axis=1), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+CHILD_4K = """
+import resource, sys, tempfile
+sys.path[:0] = {path!r}
+from harvest.config import HarvestConfig, RunOptions
+from harvest.faces.registry import load_backend
+from harvest.pipeline import harvest_title
+config = HarvestConfig(backend={backend!r}, models={models!r}, crops="none")
+backend = load_backend(config, threads=2)
+before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+with tempfile.TemporaryDirectory() as d:
+    result = harvest_title({video!r}, backend, config,
+                           RunOptions(det_batch=64, embed_batch=8, scratch_dir=d))
+    faces = result.tracks.faces
+    result.tracks.close()
+print(result.frames, faces, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.fixture(scope="module")
+def video_4k(tmp_path_factory):
+    return write_4k_video(str(tmp_path_factory.mktemp("4k") / "crowd_4k.mp4"), frames=32)
+
+
+# peak RSS growth of a 32-frame 4K title at --det-batch 64 (measured on 2 cores): before the
+# bound, the one 32-frame batch held 800 MB of frames, and the torch backend stacked them and
+# converted them to float (3.2 GB more): insightface 1,707 MB, torch 4,794 MB. Now batches hold
+# at most MAX_HELD_FRAME_BYTES of frames (16 at 4K) and the detector sees 640 x 384 images:
+# insightface 1,230 MB (of which ~700 MB is onnxruntime's arena for a batch of 16), torch
+# 2,367 MB (of which ~1.2 GB is the torch detector's activations for a batch of 16).
+RSS_BOUND_4K = {"insightface": 1_450 * MB, "torch": 3_200 * MB}
+
+
+@pytest.mark.parametrize("backend", ["insightface", "torch"])
+def test_a_4k_title_at_det_batch_64_stays_within_a_memory_bound(backend, video_4k):
+    from conftest import FACE_PACK, need
+    from harvest.pipeline import MAX_HELD_FRAME_BYTES
+    assert MAX_HELD_FRAME_BYTES // FRAME_4K == 16
+    code = CHILD_4K.format(path=sys.path, backend=backend, models=need(FACE_PACK), video=video_4k)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    frames, faces, before, peak = (int(v) for v in out.split()[-4:])
+    print(f"{backend}: 4K title, {frames} frames, {faces} faces: peak RSS "
+          f"{peak / MB:.0f} MB, growth {(peak - before) / MB:.0f} MB")
+    assert frames == 32 and faces >= 32                  # faces were found and aligned
+    assert peak - before < RSS_BOUND_4K[backend]
+
+
+def _crowd_chunks(backend, frames: int):
+    """The first ``frames`` frames of crowd.mp4 (1080p: chunks of 4 frames) as ShotChunks, on
+    the backend's frame device."""
+    from conftest import CROWD, need
+    from harvest.pipeline import ShotChunk
+    from harvest.readers import open_reader
+    with open_reader(need(CROWD), device=backend.frame_device) as r:
+        chunks = []
+        for c in r.chunks():
+            n = len(c.frames)
+            chunks.append(ShotChunk(c.start, c.frames, np.zeros(n, np.int32), c.pts))
+            if c.stop >= frames:
+                return chunks
+
+
+class _CountingBackend:
+    """A backend that records the size of each detector call and calls ``on_detect`` first (and
+    is otherwise the backend)."""
+
+    def __init__(self, backend, on_detect=lambda: None):
+        self.backend, self.on_detect, self.sizes = backend, on_detect, []
+
+    def detect(self, inputs):
+        self.on_detect()
+        self.sizes.append(len(inputs))
+        return self.backend.detect(inputs)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+@pytest.fixture(scope="module")
+def pack_backends():
+    """Both face-pack backends on the CPU (float32: the recorded run's arithmetic) even where a
+    GPU is visible."""
+    from conftest import FACE_PACK, need
+    from harvest.faces.insightface_backend import InsightFaceBackend
+    from harvest.faces.torch_backend import TorchFaceBackend
+    return {"insightface": InsightFaceBackend(need(FACE_PACK), threads=2),
+            "torch": TorchFaceBackend(need(FACE_PACK), use_gpu=False, threads=2)}
+
+
+@pytest.mark.parametrize("name", ["insightface", "torch"])
+def test_detector_batches_stop_at_the_frame_byte_cap_with_the_same_results(name, pack_backends):
+    """At stride 3 a batch of 64 frames is cut at the cap (here 3 full 1080p frames), and gives
+    what one frame per call gives: boxes, landmarks, scores and aligned crops."""
+    from harvest.pipeline import detect_stage
+    backend = pack_backends[name]
+    chunks = _crowd_chunks(backend, 24)
+    frame_bytes = 1920 * 1080 * 3
+    capped = _CountingBackend(backend)
+    got = list(detect_stage(capped, 3, 64, 0.0, max_held_bytes=3 * frame_bytes)(iter(chunks)))
+    one = list(detect_stage(backend, 3, 1, 0.0)(iter(chunks)))
+    assert capped.sizes == [3, 3, 2]                         # 8 picked frames
+    assert [d.frame_idx for d in got] == [d.frame_idx for d in one]
+    assert sum(len(d.dets) for d in got) >= 30
+    for a, b in zip(got, one):
+        np.testing.assert_allclose(a.dets.boxes, b.dets.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.dets.kps, b.dets.kps, atol=1e-3)
+        np.testing.assert_allclose(a.dets.scores, b.dets.scores, atol=1e-5)
+        assert np.abs(a.crops.astype(int) - b.crops).max() <= 1
+
+
+def test_a_strided_detector_batch_keeps_no_decode_chunk_alive(pack_backends):
+    """At stride 3 a batch takes one frame in three: it holds copies of its frames, not views
+    that would keep each 4-frame 1080p chunk (24 MiB) alive for one frame's 6 MB."""
+    import weakref
+
+    from conftest import CROWD, need
+    from harvest.pipeline import ShotChunk, detect_stage
+    from harvest.readers import open_reader
+    buffers, alive = [], []
+    backend = _CountingBackend(pack_backends["insightface"],
+                               lambda: alive.append(sum(b() is not None for b in buffers)))
+
+    def chunks():
+        with open_reader(need(CROWD)) as r:
+            for c in r.chunks():
+                buffers.append(weakref.ref(c.frames.base))
+                yield ShotChunk(c.start, c.frames, np.zeros(len(c.frames), np.int32), c.pts)
+                if c.stop >= 48:
+                    return
+
+    found = list(detect_stage(backend, 3, 64, 0.0)(chunks()))
+    assert len(buffers) == 12 and len(alive) == 1 and len(found) == 16
+    assert alive[0] <= 2                     # the chunk in hand; all 12 when frames were views
+
+
+RECORDED = Path(__file__).parent / "data" / "crowd_detections.json"
+
+
+@pytest.mark.parametrize("name", ["insightface", "torch"])
+def test_detections_match_the_run_recorded_before_frames_were_prepared_one_by_one(
+        name, pack_backends):
+    """Every 5th frame of crowd.mp4, detected in batches of 8, against boxes and scores recorded
+    (to 0.01 px, 1e-4) with the code that letterboxed whole batches of full frames (commit
+    a7f26b0). Faces within 0.01 of the score cut may come and go with the CPU's float kernels."""
+    import json
+
+    from conftest import CROWD, need
+    from harvest.decode import ChunkedVideoReader
+    backend = pack_backends[name]
+    with ChunkedVideoReader(need(CROWD), chunk_frames=35) as r:
+        frames = [f for c in r.chunks() for i, f in enumerate(c.frames) if (c.start + i) % 5 == 0]
+    dets = [d for s in range(0, len(frames), 8) for d in backend.detect(frames[s:s + 8])]
+    recorded = json.loads(RECORDED.read_text())[name]
+    assert len(dets) == len(recorded) == 21
+    clear = backend.det_threshold + 0.01
+    for d, rec in zip(dets, recorded):
+        rec = np.array(rec, np.float64).reshape(-1, 5)
+        ours = np.hstack([d.boxes, d.scores[:, None]]).astype(np.float64)
+        for a, b in ((rec, ours), (ours, rec)):          # each clear face has its twin
+            for face in a[a[:, 4] >= clear]:
+                gap = np.abs(b[:, :4] - face[:4]).max(axis=1) if len(b) else np.array([np.inf])
+                k = int(np.argmin(gap))
+                assert gap[k] < 0.05 and abs(b[k, 4] - face[4]) < 1e-3, (face, b[k])
+    assert sum(len(r) for r in recorded) >= 120

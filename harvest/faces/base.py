@@ -37,6 +37,17 @@ class Detections:
         return Detections(self.boxes[mask], self.kps[mask], self.scores[mask])
 
 
+@dataclass(frozen=True)
+class DetectorInput:
+    """One frame made ready for a detector that sees a resized frame (``FaceBackend.prepare``):
+    ``image`` the backend's own uint8 image of it at the detector's input size (a numpy array or
+    a tensor on its device), ``scale`` detector pixels per source pixel, ``shape`` the detector's
+    input (height, width). A 4K frame is 25 MB; its 640-pixel letterbox is 0.7 MB."""
+    image: object
+    scale: float
+    shape: tuple[int, int]
+
+
 def suppress_nested(boxes: np.ndarray, scores: np.ndarray, cover: float = 0.5) -> np.ndarray:
     """Keep mask (bool (n,)) of greedy suppression by *containment*: going down the scores, drop a
     box when more than ``cover`` of the smaller of it and a kept box lies in their intersection.
@@ -95,7 +106,8 @@ class FaceBackend(ABC):
     """Base class: owns thresholds and output validation; subclasses write the model calls.
 
     Frames are RGB uint8 arrays (H, W, 3). Subclasses implement ``_detect``, ``_align`` and
-    ``_embed``; the public methods validate shapes and L2-normalise embeddings.
+    ``_embed`` (and ``_prepare`` where the detector sees a resized frame); the public methods
+    validate shapes and L2-normalise embeddings.
     ``det_threshold`` applies to ``Detections.scores`` (in [0, 1] for every backend).
 
     A backend also carries its own registry entry (class attributes and class methods), so the
@@ -163,14 +175,22 @@ class FaceBackend(ABC):
         it, ``harvest.readers``), so frames decoded on a GPU stay on it."""
         return None
 
+    def prepare(self, frame):
+        """One (H, W, 3) uint8 RGB frame -> what the detector takes for it: a ``DetectorInput``
+        for a backend that resizes frames for its detector (the detect stage prepares each frame
+        as it is picked, so a batch waiting for the detector holds det-size images, not frames
+        converted to float), else the frame itself (the default: ``_prepare``)."""
+        check_frame(frame)
+        return self._prepare(frame)
+
     def detect(self, frames) -> list[Detections]:
         """frames: (H, W, 3) uint8 RGB frames (a list of arrays, or for a backend with a
-        ``frame_device`` an (n, H, W, 3) uint8 tensor there) -> one Detections per frame."""
+        ``frame_device`` an (n, H, W, 3) uint8 tensor there), or what ``prepare`` made of them
+        -> one Detections per frame."""
         if len(frames) == 0:
             return []
-        for f in frames:
-            check_frame(f)
-        out = self._detect(frames)
+        inputs = [f if isinstance(f, DetectorInput) else self.prepare(f) for f in frames]
+        out = self._detect(inputs)
         if len(out) != len(frames):
             raise RuntimeError(f"{self.name}: {len(out)} detections for {len(frames)} frames")
         return [d.keep(d.scores >= self.det_threshold) for d in out]
@@ -194,8 +214,12 @@ class FaceBackend(ABC):
     def close(self) -> None:
         """Release what the backend holds beyond memory (processes); a no-op by default."""
 
+    def _prepare(self, frame):
+        return frame
+
     @abstractmethod
-    def _detect(self, frames: list[np.ndarray]) -> list[Detections]: ...
+    def _detect(self, inputs: list) -> list[Detections]:
+        """inputs: one ``prepare`` result per frame (by default the frames themselves)."""
 
     @abstractmethod
     def _align(self, frame: np.ndarray, dets: Detections) -> np.ndarray: ...

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from harvest.faces.align import align_faces
-from harvest.faces.base import Detections, FaceBackend, ModelFile
+from harvest.faces.base import Detections, DetectorInput, FaceBackend, ModelFile
 
 _STRIDE_MULTIPLE = 32      # SCRFD's largest feature stride: input sides must be multiples of it
 
@@ -183,10 +183,13 @@ class InsightFaceBackend(OnnxPackBackend):
         canvas[:nh, :nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
         return canvas, scale
 
-    def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
+    def _prepare(self, frame: np.ndarray) -> DetectorInput:
+        canvas, scale = self._letterbox(frame)
+        return DetectorInput(canvas, scale, canvas.shape[:2])
+
+    def _detect(self, inputs: list[DetectorInput]) -> list[Detections]:
         det = self.detector
-        boxed = [self._letterbox(f) for f in frames]
-        blob = np.stack([b for b, _ in boxed]).astype(np.float32)
+        blob = np.stack([p.image for p in inputs]).astype(np.float32)
         shape = blob.shape[1:3]
         blob = ((blob - det.input_mean) / det.input_std).transpose(0, 3, 1, 2)
         blob = np.ascontiguousarray(blob)
@@ -194,9 +197,9 @@ class InsightFaceBackend(OnnxPackBackend):
             outs = det.session.run(det.output_names, {det.input_name: blob})
         else:
             per = [det.session.run(det.output_names, {det.input_name: blob[i:i + 1]})
-                   for i in range(len(frames))]
+                   for i in range(len(inputs))]
             outs = [np.concatenate([p[k] for p in per]) for k in range(len(det.output_names))]
-        return [self._decode(outs, i, scale, shape) for i, (_, scale) in enumerate(boxed)]
+        return [self._decode(outs, i, p.scale, shape) for i, p in enumerate(inputs)]
 
     def _decode(self, outs: list[np.ndarray], i: int, scale: float,
                 shape: tuple[int, int]) -> Detections:
