@@ -188,7 +188,7 @@ def run_one(method: str, n: int, dim: int, faces, seed: int, cannot_link: bool, 
 
     from training import methods
     m = methods.get(method)
-    title, ident = make_title(n, dim, faces, seed, keep_faces=method == "c1c")
+    title, ident = make_title(n, dim, faces, seed, keep_faces=m.faces)
     cut = None
     if m.threshold:
         cut = (fitted_cut(title.means, ident, seed), "complete")

@@ -44,7 +44,7 @@ def _evaluate(root, tmp_path, *extra):
 
 def test_evaluate_finch_and_c1c_parameter_free(harvested, tmp_path):
     root, title_of = harvested
-    recs = _evaluate(root, tmp_path, "--method", "finch", "c1c", "--titles", "title_0.mp4",
+    recs = _evaluate(root, tmp_path, "--method", "finch", "c1c", "auto", "--titles", "title_0.mp4",
                      title_of["title_1.mp4"], "title_2")
     by = {(r["title"], r["method"]): r for r in recs}
     assert {t for t, _ in by} == set(title_of.values()) | {"pooled"}
@@ -55,6 +55,8 @@ def test_evaluate_finch_and_c1c_parameter_free(harvested, tmp_path):
     # identities (measured: every title exact); FINCH's coarsest partition merges some
     assert by[("pooled", "c1c")]["nmi"] >= 0.9 and by[("pooled", "c1c")]["wcp"] >= 0.9
     assert by[("pooled", "finch")]["n_clusters"] <= by[("pooled", "c1c")]["n_clusters"]
+    # cluster's default stays exact on the generated titles (one still photo per identity)
+    assert by[("pooled", "auto")]["nmi"] > 0.999 and by[("pooled", "auto")]["wcp"] == 1.0
 
 
 def test_evaluate_known_k_and_cannot_link(harvested, tmp_path):

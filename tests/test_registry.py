@@ -100,10 +100,14 @@ def test_method_registry_flags_and_labels(dataset):
         assert (labels[pairs[:, 0]] != labels[pairs[:, 1]]).all(), name
     k = 4
     assert len(set(methods.get("c1c")(methods.Job(tracks, emb, k=k)))) == k
-    conf = methods.confidence(emb, methods.get("c1c")(methods.Job(tracks, emb)))
-    assert ((conf > -1 - 1e-9) & (conf <= 1 + 1e-9)).all()
-    single = methods.confidence(emb[:3], np.array([0, 1, 2]))
-    np.testing.assert_allclose(single, 1.0)
+    job = methods.Job(tracks, emb)
+    conf = methods.track_confidence(job, methods.get("c1c")(job))
+    assert conf.shape == (tracks.n_tracks,) and ((conf > 0) & (conf < 1)).all()
+    from training.confidence import calibrate
+    single = methods.track_confidence(job, np.arange(tracks.n_tracks))   # every track alone
+    np.testing.assert_allclose(single, calibrate(1.0))
+    one = methods.track_confidence(job, np.zeros(tracks.n_tracks, np.int64))
+    assert (one < calibrate(1.0)).all()           # off-centre members are less certain
 
 
 def test_title_resolver_takes_ids_and_file_names():

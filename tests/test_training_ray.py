@@ -80,7 +80,7 @@ def test_evaluate_cli_with_trained_head(trained, dataset, tmp_path, capsys):
     assert rc == 0
     records = json.loads(out.read_text())["results"]
     assert {(r["title"], r["method"]) for r in records} == {
-        (t, m) for t in ("title009", "pooled") for m in ("hac-k", "hac-threshold", "ap")}
+        (t, m) for t in ("title009", "pooled") for m in ("auto", "hac-k", "hac-threshold", "ap")}
     for r in records:
         assert r["head"] == "bcl" and r["n_unmatched"] == 0 and r["n_tracks"] > 30
         assert 0 <= r["nmi"] <= 1 and 0 <= r["wcp"] <= 1

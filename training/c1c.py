@@ -21,9 +21,11 @@ repaired in sorted (i, j) order, orientation kept (the reference walks a Python 
 is an accident of hashing). The repair builds the violating
 cluster's pairwise distances: O(c^2 E) for a cluster of c nodes, only when violated.
 
-:func:`c1c_tracks` runs it on a title's faces: must-links join consecutive faces of a track (a
-chain, linear in faces, so the cap is the longest step between consecutive faces), cannot-links
-join one face of each pair of co-occurring tracks (the shard's ``cannot_link`` column).
+:func:`c1c_tracks` runs it on a title's faces: partition 0 = the tracks (must-links listed as a
+chain of consecutive faces, linear in faces), the merge cap = the longest distance between two
+faces of one track (every pair of a track's faces is must-linked in the reference's sense;
+measured on at most :data:`DIAMETER_FACES` faces per track), cannot-links join one face of each
+pair of co-occurring tracks (the shard's ``cannot_link`` column).
 """
 from __future__ import annotations
 
@@ -92,11 +94,13 @@ def _cut_violations(x, u, count, kappa, cap, metric, cannot_pairs, cannot, weigh
 
 
 def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "euclidean",
-        req_clust: int | None = None, weighted: bool = True) -> Result:
+        req_clust: int | None = None, weighted: bool = True, cap: float | None = None) -> Result:
     """C1C partitions of ``data`` (N, E) under ``must_link`` / ``cannot_link`` (K, 2) index
     pairs; see the module docstring. Euclidean is the recommended metric (6.2). ``weighted``:
     edge lengths as the reference (a must-link listed in both directions, or a mutual first-
-    neighbour pair, counts twice against the cap); False: plain lengths."""
+    neighbour pair, counts twice against the cap); False: plain lengths. ``cap``: the merge cap
+    when the caller knows the longest must-linked pair without listing every pair (see
+    :func:`c1c_tracks`); None: the longest listed must-link (FINCH's longest edge without them)."""
     x = _prepare(data, metric)
     n = len(x)
     ml, cl = _pairs(must_link, n), _pairs(cannot_link, n)
@@ -107,11 +111,12 @@ def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "eucli
         d_ml = rowwise(x, pairs[:, 0], pairs[:, 1], metric, cannot, BIG)
         d_ml *= times if weighted else 1
         d_ml[pairs[:, 0] == pairs[:, 1]] = 0.0         # a self pair is no edge
-        cap = float(d_ml.max())
+        cap = float(d_ml.max()) if cap is None else float(cap)
     else:
         kappa, dist = first_neighbours(x, metric, cannot, diag=BIG, big=BIG)
         labels, count = first_neighbour_clusters(kappa, dist)
-        cap = longest_edge(x, kappa, dist, metric, cannot, BIG, weighted)
+        if cap is None:
+            cap = longest_edge(x, kappa, dist, metric, cannot, BIG, weighted)
     parts, counts = [labels], [count]
     cl_k = _carry(cl, labels)
     history = [cl_k]
@@ -184,10 +189,49 @@ def track_constraints(track_of_face: np.ndarray, track_ids: Sequence[int],
     return must, cannot
 
 
+#: faces per track the diameter is measured on (evenly spaced; all of a shorter track's faces)
+DIAMETER_FACES = 256
+
+
+def track_diameters(faces: np.ndarray, track_of_face: np.ndarray, metric: str = "euclidean",
+                    max_faces: int = DIAMETER_FACES) -> np.ndarray:
+    """(T,) the longest distance between two faces of each track (faces grouped by track, rows
+    0..T-1): the longest must-linked pair when every pair of a track's faces is must-linked.
+
+    Exact for tracks of at most ``max_faces`` faces; a longer track is measured on ``max_faces``
+    evenly spaced faces (a lower bound), so the cost is O(F + T max_faces^2 E), linear in faces."""
+    x = _prepare(faces, metric)
+    tof = np.asarray(track_of_face, np.int64)
+    n_tracks = int(tof.max()) + 1 if len(tof) else 0
+    starts = np.searchsorted(tof, np.arange(n_tracks))
+    ends = np.searchsorted(tof, np.arange(n_tracks), side="right")
+    out = np.zeros(n_tracks)
+    for t, (a, b) in enumerate(zip(starts, ends)):
+        idx = np.arange(a, b) if b - a <= max_faces else \
+            np.unique(np.linspace(a, b - 1, max_faces).round().astype(np.int64))
+        if len(idx) > 1:
+            out[t] = float(pairwise(x[idx], x[idx], metric).max())
+    return out
+
+
+CAPS = ("diameter", "chain")
+
+
 def c1c_tracks(faces: np.ndarray, track_of_face: np.ndarray, track_ids: Sequence[int],
                cannot_link: Sequence[Sequence[int]], metric: str = "euclidean",
-               req_clust: int | None = None, weighted: bool = True) -> Result:
+               req_clust: int | None = None, weighted: bool = True,
+               cap: str = "diameter") -> Result:
     """C1C on a title's face embeddings ``faces`` (F, E) with constraints from its tracks
-    (:func:`track_constraints`). Partition 0 is the tracks; labels are per face."""
+    (:func:`track_constraints`). Partition 0 is the tracks; labels are per face.
+
+    ``cap``: ``diameter`` (the reference's meaning: every pair of a track's faces is must-linked,
+    so the merge cap is the longest distance between two faces of one track,
+    :func:`track_diameters`); ``chain``: the longest step between consecutive faces (the
+    must-links actually listed, a chain)."""
+    if cap not in CAPS:
+        raise ValueError(f"cap must be one of {CAPS}, not {cap!r}")
     must, cannot = track_constraints(track_of_face, track_ids, cannot_link)
-    return c1c(faces, must, cannot, metric, req_clust, weighted)
+    value = None
+    if cap == "diameter" and len(faces):
+        value = float(track_diameters(faces, track_of_face, metric).max())
+    return c1c(faces, must, cannot, metric, req_clust, weighted, cap=value)

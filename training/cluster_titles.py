@@ -8,8 +8,8 @@ parameter-free method from :mod:`training.methods` (default :data:`DEFAULT_METHO
     title_id    string
     track_id    int64     every valid track of the title, exactly once
     cluster_id  int32     0..C-1, numbered by cluster size (0 = largest), ties by first track
-    confidence  float32   cosine of the track's embedding to its cluster's centroid (the
-                          normalised mean of the cluster's unit track embeddings); 1 = singleton
+    confidence  float32   calibrated probability that the track is with the right person
+                          (training/confidence.py; calibrated on labelled real footage)
 
 File metadata key ``movieface_cluster`` (JSON): title_id, source_uri, shard_sha256, config
 (method, its defaults, head checkpoint and its sha256, cannot_link), config_hash, n_tracks,
@@ -32,9 +32,9 @@ from harvest.storage import open_fs, sha256_file, write_atomic
 from training import methods, registry
 from training.data import resolve_titles, shard_info
 
-DEFAULT_METHOD = "c1c"
+DEFAULT_METHOD = "auto"
 META_KEY = b"movieface_cluster"
-VERSION = 1
+VERSION = 2            # 2: calibrated confidence, `auto` the default
 SCHEMA = pa.schema([pa.field("title_id", pa.string(), nullable=False),
                     pa.field("track_id", pa.int64(), nullable=False),
                     pa.field("cluster_id", pa.int32(), nullable=False),
@@ -102,9 +102,10 @@ def label_title(info: dict, cfg: dict, model=None, loss=None) -> tuple[pa.Table,
             cut = spec.stop_rule(loss)
     else:
         emb = registry.embed_rows(None, tracks.means)
-    labels = method(methods.Job(tracks, emb, model, cut=cut, cannot_link=cfg["cannot_link"],
-                                 params=cfg.get("params", {})))
-    conf = methods.confidence(emb, labels) if len(labels) else np.zeros(0)
+    job = methods.Job(tracks, emb, model, cut=cut, cannot_link=cfg["cannot_link"],
+                      params=cfg.get("params", {}))
+    labels = method(job)
+    conf = methods.track_confidence(job, labels)
     sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
     first = np.full(len(sizes), len(labels))
     np.minimum.at(first, labels, np.arange(len(labels)))

@@ -16,7 +16,13 @@ cannot-links as track ids, per-face embeddings read on first use) and its track 
                    FINCH never splits it) (training/finch.py, methods.md 6.1)
     c1c            C1C on the per-face embeddings (through the head's ``embed`` if any),
                    euclidean: must-links chain each track's faces (partition 0 = the tracks),
-                   cannot-links join co-occurring tracks; last partition or K (methods.md 6.2)
+                   cannot-links join co-occurring tracks; merge cap = the longest distance
+                   between two faces of one track (``cap="diameter"``, the reference's meaning)
+                   or between consecutive faces (``cap="chain"``); last partition or K (6.2)
+    auto           ``cluster``'s default: the title's faces adapted to it (centred, whitened by
+                   the within-track covariance), constrained average-linkage HAC cut at a height
+                   calibrated on the title's own cannot-links (training/autocluster.py); K
+                   optional (then the constrained HAC's K-cluster cut)
     vcn            VideoClusterNet: per-title self-supervised fine-tuning of the recogniser on
                    the shard's face crops, loss-as-distance clustering, never joining
                    co-occurring tracks (training/vcn.py, methods.md 5); needs crops
@@ -150,6 +156,8 @@ class Method:
     threshold: bool = False       # needs a cut height
     cannot_link: str = "no"       # "always" | "option" | "no"
     defaults: dict = field(default_factory=dict)
+    space: Callable | None = None     # Job -> (T, E) embeddings it clusters in (None: job.emb)
+    faces: bool = False               # reads the per-face embeddings (TitleTracks.faces)
 
     def own(self, params: dict | None) -> dict:
         """The entries of ``params`` that are this method's parameters (keys of its defaults)."""
@@ -234,7 +242,7 @@ def _c1c(job: Job) -> np.ndarray:
     t = job.title
     faces = embed_rows(job.model, t.faces)
     res = c1c_tracks(faces, t.track_of_face, t.track_ids, t.cannot_link, job.params["metric"],
-                     req_clust=min(job.k, t.n_tracks) if job.k else None)
+                     req_clust=min(job.k, t.n_tracks) if job.k else None, cap=job.params["cap"])
     face_labels = res.req if job.k else res.partitions[:, -1]
     first = np.searchsorted(t.track_of_face, np.arange(t.n_tracks))     # faces grouped by track
     return face_labels[first]
@@ -244,8 +252,33 @@ register(Method("hac-k", _hac_k, k="required", cannot_link="option"))
 register(Method("hac-threshold", _hac_threshold, threshold=True, cannot_link="option"))
 register(Method("ap", _ap, defaults=dict(damping=0.5)))
 register(Method("finch", _finch, k="optional", defaults=dict(metric="cosine")))
-register(Method("c1c", _c1c, k="optional", cannot_link="always",
-                defaults=dict(metric="euclidean")))
+register(Method("c1c", _c1c, k="optional", cannot_link="always", faces=True,
+                defaults=dict(metric="euclidean", cap="diameter")))
+
+
+def auto_space(job: Job) -> np.ndarray:
+    """The track embeddings ``auto`` clusters: the title-adapted ones (training.autocluster)."""
+    from training.autocluster import adapted_tracks, unit
+    from training.registry import embed_rows
+    t, p = job.title, {**AUTO_DEFAULTS, **job.params}
+    if p["adapt"] == "none":
+        return unit(job.emb)
+    return adapted_tracks(embed_rows(job.model, t.faces), t.track_of_face, t.n_tracks, p["adapt"],
+                          p["shrink"])
+
+
+def _auto(job: Job) -> np.ndarray:
+    from training.autocluster import auto_cluster
+    emb = auto_space(job)
+    if job.k:
+        return hac.hac_constrained(emb, job.title.cannot_link_pairs(), k=job.k, method="average")
+    return auto_cluster(emb, job.title.cannot_link_pairs(), **job.params)[0]
+
+
+from training.autocluster import DEFAULTS as AUTO_DEFAULTS  # noqa: E402
+
+register(Method("auto", _auto, k="optional", cannot_link="always", defaults=dict(AUTO_DEFAULTS),
+                space=auto_space, faces=True))
 
 
 def _vcn(job: Job) -> np.ndarray:
@@ -261,11 +294,10 @@ register(Method("vcn", _vcn, cannot_link="always", defaults=dict(
     serfiq_passes=100, serfiq_dropout=0.5, mad=2.7, max_edges=32)))
 
 
-def confidence(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per track: cosine between its (unit) embedding and the normalised mean of the unit
-    embeddings of its cluster (1 for a singleton; higher = more central). O(T E)."""
-    x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    c = np.zeros((int(labels.max()) + 1 if len(labels) else 0, x.shape[1]))
-    np.add.at(c, labels, x)
-    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    return np.clip((x * c[labels]).sum(1), -1.0, 1.0)
+def track_confidence(job: Job, labels: np.ndarray) -> np.ndarray:
+    """(T,) calibrated probability that each track is with the right person, whatever method
+    made ``labels`` (:mod:`training.confidence`, scored in ``auto``'s title-adapted space)."""
+    from training.confidence import confidence
+    if len(labels) == 0:
+        return np.zeros(0)
+    return confidence(auto_space(replace(job, params={})), labels)
