@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import functools
 import importlib.util
+import sys
 import io
 import re
 import shlex
@@ -147,6 +148,7 @@ def _parser_of(entry_point) -> argparse.ArgumentParser:
 def _bench_main(name: str):
     spec = importlib.util.spec_from_file_location(f"_readme_bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # a script's dataclasses look their module up
     spec.loader.exec_module(module)
     return module.main
 
