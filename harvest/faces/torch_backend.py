@@ -8,7 +8,10 @@ tests it); onnxruntime (``insightface`` backend) is faster on CPU, so ``auto`` o
 backend when CUDA is available.
 
 Numerical agreement with the onnxruntime backend (same detections, same embeddings, same tracks)
-is tested on ``crowd.mp4`` in tests/test_torch_backend.py.
+is tested on ``crowd.mp4`` in tests/test_torch_backend.py, and so is reduced precision: the same
+conversion in bfloat16 on CPU against float32 (``harvest.faces.agreement``; the networks' output
+layers stay float32, ``OnnxModule.reduce_precision``). bench/gpu_acceptance.py compares CUDA fp16
+with CPU fp32 the same way on a GPU machine.
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ import os
 import numpy as np
 
 from harvest.faces.align import similarity_transforms
-from harvest.faces.base import Detections
+from harvest.faces.base import Detections, DetectorInput
 from harvest.faces.insightface_backend import OnnxPackBackend, find_model_pack
 
 _MAX_CANDIDATES = 4000      # per image, before NMS (highest scores kept)
+PRECISIONS = ("fp32", "fp16", "bf16")     # the networks' dtype (decoding and NMS stay fp32)
 
 
 def _device(use_gpu: bool):
@@ -28,10 +32,16 @@ def _device(use_gpu: bool):
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
-def convert_onnx(path: str):
-    """ONNX file -> torch module in eval mode (the one place the conversion happens)."""
+def convert_onnx(path: str, device=None, dtype=None):
+    """ONNX file -> torch module in eval mode (the one place the conversion happens), on
+    ``device``; a reduced ``dtype`` (float16 / bfloat16) casts all but the output layers, which
+    stay float32 (``OnnxModule.reduce_precision``)."""
+    import torch
     from harvest.faces.onnx_torch import OnnxModule
-    return OnnxModule(path).eval()
+    module = OnnxModule(path).eval().to(device)
+    if dtype is not None and dtype != torch.float32:
+        module.reduce_precision(dtype)
+    return module
 
 
 class TorchFaceBackend(OnnxPackBackend):
@@ -59,7 +69,9 @@ class TorchFaceBackend(OnnxPackBackend):
 
     def __init__(self, model_dir: str, det_threshold: float = 0.5, det_size: int = 640,
                  nms_threshold: float = 0.4, use_gpu: bool = False, threads: int | None = None,
-                 fp16: bool | None = None):
+                 precision: str | None = None):
+        """``precision``: the networks' dtype, one of ``PRECISIONS`` (default fp16 on a GPU,
+        fp32 on CPU; CPU kernels exist for all three, so CI tests reduced precision there)."""
         super().__init__(det_threshold, det_size)
         import onnx
         import torch
@@ -68,8 +80,11 @@ class TorchFaceBackend(OnnxPackBackend):
             torch.set_num_threads(int(threads))
         self.detector_path, self.embedder_path = find_model_pack(model_dir)
         self.device = _device(use_gpu)
-        self.fp16 = (self.device.type == "cuda") if fp16 is None else bool(fp16)
-        self.dtype = torch.float16 if self.fp16 else torch.float32
+        self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16,
+                      "bf16": torch.bfloat16}[self.precision]
         self.nms_threshold = float(nms_threshold)
 
         det_graph = onnx.load(self.detector_path).graph
@@ -87,8 +102,8 @@ class TorchFaceBackend(OnnxPackBackend):
         self._fixed_batch = dims[0].HasField("dim_value") and dims[0].dim_value > 0
         if self._fixed_input:
             self.det_size = max(self._fixed_input)
-        self.detector = convert_onnx(self.detector_path).to(self.device, self.dtype)
-        self.recognizer = convert_onnx(self.embedder_path).to(self.device, self.dtype)
+        self.detector = convert_onnx(self.detector_path, self.device, self.dtype)
+        self.recognizer = convert_onnx(self.embedder_path, self.device, self.dtype)
         with torch.inference_mode():
             probe = torch.zeros(1, 3, 112, 112, device=self.device, dtype=self.dtype)
             self._dim = int(self.recognizer(probe).reshape(1, -1).shape[1])
@@ -109,8 +124,8 @@ class TorchFaceBackend(OnnxPackBackend):
 
     # -- detection ------------------------------------------------------------------------
     def _to_device(self, frames) -> "torch.Tensor":
-        """list of (H, W, 3) uint8 numpy (or one (N, H, W, 3) uint8 tensor already on the
-        device, e.g. from a GPU decoder) -> (N, 3, H, W) uint8 on the device."""
+        """list of (H, W, 3) uint8 numpy (or one (N, H, W, 3) uint8 tensor, e.g. decoded on the
+        device by a GPU decoder) -> (N, 3, H, W) uint8 on the device."""
         import torch
         if isinstance(frames, torch.Tensor):
             x = frames.to(self.device, non_blocking=True)
@@ -130,19 +145,31 @@ class TorchFaceBackend(OnnxPackBackend):
             self._centers[key] = c.repeat_interleave(self.num_anchors, dim=0).to(self.device)
         return self._centers[key]
 
-    def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
+    def _prepare(self, frame) -> DetectorInput:
+        """One frame -> its (3, nh, nw) uint8 resize on the device (bilinear, rounded), the
+        padding to the detector's input left to ``_detect``: the frame is converted to float
+        one at a time here, never a whole batch of full frames."""
         import torch
         import torch.nn.functional as F
 
         with torch.inference_mode():
-            x = self._to_device(frames)
-            n, _, h, w = x.shape
+            x = self._to_device(frame[None] if isinstance(frame, torch.Tensor) else [frame])
+            _, _, h, w = x.shape
             ih, iw = self.input_shape(h, w)
             scale = min(iw / w, ih / h)
             nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
             small = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False)
+            return DetectorInput(small[0].round().clamp(0, 255).to(torch.uint8), scale, (ih, iw))
+
+    def _detect(self, inputs: list[DetectorInput]) -> list[Detections]:
+        import torch
+
+        with torch.inference_mode():
+            small = torch.stack([p.image for p in inputs])
+            n, _, nh, nw = small.shape
+            (ih, iw), scale = inputs[0].shape, inputs[0].scale
             blob = torch.zeros(n, 3, ih, iw, device=self.device, dtype=torch.float32)
-            blob[:, :, :nh, :nw] = (small.round().clamp(0, 255) - 127.5) / 128.0
+            blob[:, :, :nh, :nw] = (small.float() - 127.5) / 128.0
             blob = blob.to(self.dtype)
             if self._fixed_batch:
                 per = [self.detector(blob[i:i + 1]) for i in range(n)]
