@@ -338,6 +338,9 @@ def evaluate_all(clips: list[Clip], methods, adapts, known_k: bool = False, log=
     rows = []
     own = dict(adapt="none")
     for a in adapts:
+        if a.endswith("(other clips)") and len(clips) < 2:
+            log(f"{a}: skipped (needs more than one clip)")
+            continue
         views = [adapted(c, ADAPTATIONS[a](c, [o for o in clips if o is not c])) for c in clips]
         for m in methods:
             t0 = time.perf_counter()

@@ -269,7 +269,7 @@ def test_evaluate_and_cluster_reports_in_a_browser(harvested, chrome, tmp_path):
     for tid in title_of.values():
         meta = json.loads(pq.read_schema(cl / f"{tid}.parquet").metadata[META_KEY])
         png = tmp_path / "cluster.png"
-        shown = render(chrome, rep / tid / "c1c.html", tmp_path / "profile",
+        shown = render(chrome, rep / tid / f"{meta['config']['method']}.html", tmp_path / "profile",
                        png if tid == title_of["title_0.mp4"] else None)
         assert shown["galleries"] == meta["n_clusters"] > 0
         rows = sum(math.ceil(s / MAX_STRIP) for s in meta["cluster_sizes"])
