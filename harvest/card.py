@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from harvest import schema as S
 from harvest import storage
+from harvest.inspect_output import human_size
 from harvest.config import HarvestConfig
 
 CARD_FILE = "README.md"
@@ -63,14 +64,6 @@ def model_role(slot: str, file_name: str) -> str:
         if fnmatch.fnmatch(file_name, pattern):
             return role
     return SLOT_ROLES.get(slot, slot)
-
-
-def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)
 
 
 def model_licence(backend: str, file_name: str) -> str:
@@ -144,7 +137,7 @@ def shard_holdings(fs, root: str) -> dict:
 def personal_data(held: dict, n_sources: int) -> list[str]:
     """The lines of the consent section that say what personal data the shards hold."""
     images = (f"{held['crops']} face images (aligned JPEG crops cut from the video frames, "
-              f"{_human(held['crop_bytes'])}, in {held['crop_titles']} title(s)), "
+              f"{human_size(held['crop_bytes'])}, in {held['crop_titles']} title(s)), "
               if held["crops"] else "")
     lines = [f"This dataset holds personal data of the real people who appear in the source "
              f"videos: {images}face embeddings, face boxes and facial landmarks, with the names of the "
@@ -205,8 +198,8 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
     out += ["", "Counts are the sums over done titles of the manifest records "
             "(`manifest.jsonl`); `tracks` is the number of rows in `shards/`; there is one face "
             "embedding per face. Face images (aligned JPEG crops) and sizes are read from the "
-            f"shards: {_human(held['bytes'])} in all, {_human(held['crop_bytes'])} of them face "
-            "images.", ""]
+            f"shards: {human_size(held['bytes'])} in all, {human_size(held['crop_bytes'])} of "
+            "them face images.", ""]
 
     out += ["## Sources", ""]
     rows = []

@@ -43,12 +43,13 @@ def shard_stats(fs, path: str) -> dict:
         "cl degree mean": f"{degree.mean():.2f}" if n else "-",
         "hard negatives": n - table.column("hard_negative").null_count,
         "tracklets": n - table.column("tracklets").null_count,
-        "size": _human(size),
+        "size": human_size(size),
         "_size": size, "_faces": int(faces.sum()),
     }
 
 
-def _human(size: float) -> str:
+def human_size(size: float) -> str:
+    """1536 -> '1.5 KiB' (B, KiB, MiB, GiB)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -102,7 +103,7 @@ def inspect_main(url: str) -> int:
                           f"{n_faces / max(n_tracks, 1):.1f}", "", "", "",
                           sum(s["hard negatives"] for s in stats.values()),
                           sum(s["tracklets"] for s in stats.values()),
-                          _human(sum(s["_size"] for s in stats.values()))])
+                          human_size(sum(s["_size"] for s in stats.values()))])
         print(_table(["title_id"] + keys, srows))
     for line in errors:
         print(line)
