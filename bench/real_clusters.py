@@ -220,18 +220,14 @@ GRID = dict(adapt=("none", "center", "wccn"), quantile=(0.5, 0.6, 0.7, 0.8, 0.9)
             offset=(-0.1, -0.05, 0.0, 0.05, 0.1))
 
 
-def auto_predictions(clips: list[Clip], params: dict, cache: dict) -> list[np.ndarray]:
-    """``auto`` with ``params`` on each clip (adapted embeddings cached per clip and adapt)."""
+def auto_predictions(clips: list[Clip], params: dict) -> list[np.ndarray]:
+    """``auto`` with ``params`` on each clip (the adapted space is computed once per clip and
+    adaptation: ``TitleTracks.memo``)."""
     from training.autocluster import auto_cluster
     from training.methods import AUTO_DEFAULTS, Job, auto_space
     p = {**AUTO_DEFAULTS, **params}
-    out = []
-    for c in clips:
-        key = (c.name, p["adapt"], p["shrink"])
-        if key not in cache:
-            cache[key] = auto_space(Job(c.tracks, c.tracks.means, params=p))
-        out.append(auto_cluster(cache[key], c.tracks.cannot_link_pairs(), **p)[0])
-    return out
+    return [auto_cluster(auto_space(Job(c.tracks, c.tracks.means, params=p)),
+                         c.tracks.cannot_link_pairs(), **p)[0] for c in clips]
 
 
 def objective(clips: list[Clip], preds: list[np.ndarray]) -> tuple:
@@ -240,12 +236,12 @@ def objective(clips: list[Clip], preds: list[np.ndarray]) -> tuple:
     return sum(map(meets_goal, s)), float(np.mean([x["bcubed_f1"] for x in s]))
 
 
-def select(clips: list[Clip], cache: dict) -> dict:
+def select(clips: list[Clip]) -> dict:
     import itertools
     best = None
     for values in itertools.product(*GRID.values()):
         params = dict(zip(GRID, values))
-        obj = objective(clips, auto_predictions(clips, params, cache))
+        obj = objective(clips, auto_predictions(clips, params))
         if best is None or obj > best[0]:
             best = (obj, params)
     return best[1]
@@ -254,16 +250,16 @@ def select(clips: list[Clip], cache: dict) -> dict:
 def leave_one_out(clips: list[Clip], log=print) -> dict:
     """``auto`` on each clip with the setting selected on the other clips (row ``auto (LOO)``),
     and the setting selected on all clips (what the defaults should be)."""
-    cache, preds, chosen = {}, [], {}
+    preds, chosen = [], {}
     for c in clips:
         others = [o for o in clips if o is not c]
-        params = select(others, cache)
+        params = select(others)
         chosen[c.name] = params
-        preds.append(auto_predictions([c], params, cache)[0])
+        preds.append(auto_predictions([c], params)[0])
         log(f"auto (LOO) for {c.name}: chosen on {[o.name for o in others]}: {params}")
     return dict(adapt="title", method="auto (LOO)", params=chosen,
                 clips=[score([c], [p]) for c, p in zip(clips, preds)], pooled=score(clips, preds),
-                all_clips=select(clips, cache) if len(clips) > 1 else None)
+                all_clips=select(clips) if len(clips) > 1 else None)
 
 
 # ------------------------------------------------------------------------------- confidence
@@ -389,7 +385,9 @@ def main(argv=None) -> None:
     for c in clips:
         print(f"{c.name}: {c.tracks.n_tracks} valid tracks, {int(c.labelled.sum())} labelled, "
               f"{c.people} people, {len(c.tracks.cannot_link_pairs())} cannot-linked pairs")
+    t0 = time.perf_counter()
     rows = evaluate_all(clips, args.methods, args.adapt, args.known_k)
+    seconds = time.perf_counter() - t0
     if args.heads:
         cache = args.cache or os.path.expanduser("~/.cache/movieface/real")
         runs = train_heads(clips, paths, args.heads, cache, args.epochs)
@@ -399,6 +397,10 @@ def main(argv=None) -> None:
         rows.append(loo)
         print(f"auto: setting selected on all {len(clips)} clips: {loo['all_clips']}")
     print(table(rows, clips))
+    import resource
+    print(f"\n{len(rows)} rows in {seconds:.1f} s ({sum(c.tracks.n_tracks for c in clips)} tracks, "
+          f"{sum(len(c.tracks.track_of_face) for c in clips)} faces); peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     rel = None
     if len(clips) > 1:
         rel = confidence_rows(clips)

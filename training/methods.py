@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from training import cluster as hac
+from training.autocluster import DEFAULTS as AUTO_DEFAULTS
 from training.columns import CANNOT_LINK, IS_VALID, MEAN_EMBEDDING, TRACK_ID
 from training.data import _fs, _vectors, faces_of
 
@@ -53,6 +54,7 @@ class TitleTracks:
     load_crops: Callable = field(repr=False, default=None)   # -> per track (JPEGs, positions)
     _crops: tuple | None = field(repr=False, default=None)
     meta: dict = field(repr=False, default_factory=dict)     # the shard's harvest metadata
+    _memo: list = field(repr=False, default_factory=list)    # (faces, model, key, value)
 
     @property
     def n_tracks(self) -> int:
@@ -78,6 +80,19 @@ class TitleTracks:
             self._crops = self.load_crops()
         return self._crops
 
+    def memo(self, model, key, compute: Callable):
+        """``compute()`` once per (these faces, ``model``, ``key``): what several calls on one
+        title derive from its faces (``auto``'s adapted space, then the confidence in it).
+        Entries are matched by the faces array itself, so a subset or a copy of the title with
+        other faces never takes another's value."""
+        faces = self.faces
+        for f, m, k, value in self._memo:
+            if f is faces and m is model and k == key:
+                return value
+        value = compute()
+        self._memo.append((faces, model, key, value))
+        return value
+
     def cannot_link_pairs(self) -> np.ndarray:
         """(P, 2) row pairs i < j of co-occurring tracks."""
         return hac.cannot_link_pairs(self.track_ids, self.cannot_link)
@@ -95,7 +110,7 @@ class TitleTracks:
 
         def load_crops():
             return tuple([c for c, k in zip(col, keep) if k] for col in parent.crops)
-        return replace(self, track_ids=self.track_ids[keep], means=self.means[keep],
+        return replace(self, track_ids=self.track_ids[keep], means=self.means[keep], _memo=[],
                        cannot_link=[c for c, k in zip(self.cannot_link, keep) if k],
                        load_faces=load, _faces=None, load_crops=load_crops, _crops=None)
 
@@ -257,14 +272,18 @@ register(Method("c1c", _c1c, k="optional", cannot_link="always", faces=True,
 
 
 def auto_space(job: Job) -> np.ndarray:
-    """The track embeddings ``auto`` clusters: the title-adapted ones (training.autocluster)."""
+    """The track embeddings ``auto`` clusters: the title-adapted ones (training.autocluster),
+    computed once per title, head and adaptation (``TitleTracks.memo``)."""
     from training.autocluster import adapted_tracks, unit
     from training.registry import embed_rows
     t, p = job.title, {**AUTO_DEFAULTS, **job.params}
     if p["adapt"] == "none":
         return unit(job.emb)
-    return adapted_tracks(embed_rows(job.model, t.faces), t.track_of_face, t.n_tracks, p["adapt"],
-                          p["shrink"])
+
+    def adapt():          # raw faces are read as they are (float32), not copied to float64
+        faces = t.faces if job.model is None else embed_rows(job.model, t.faces)
+        return adapted_tracks(faces, t.track_of_face, t.n_tracks, p["adapt"], p["shrink"])
+    return t.memo(job.model, ("auto", p["adapt"], p["shrink"]), adapt)
 
 
 def _auto(job: Job) -> np.ndarray:
@@ -274,8 +293,6 @@ def _auto(job: Job) -> np.ndarray:
         return hac.hac_constrained(emb, job.title.cannot_link_pairs(), k=job.k, method="average")
     return auto_cluster(emb, job.title.cannot_link_pairs(), **job.params)[0]
 
-
-from training.autocluster import DEFAULTS as AUTO_DEFAULTS  # noqa: E402
 
 register(Method("auto", _auto, k="optional", cannot_link="always", defaults=dict(AUTO_DEFAULTS),
                 space=auto_space, faces=True))
