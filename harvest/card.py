@@ -290,7 +290,9 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
             f"- Removal: anyone who appears in a source video can ask {who} to remove it. A "
             "title is removed by deleting `shards/<title_id>.parquet` and "
             "`manifest/<title_id>.json`, removing the video from the harvest input, and "
-            "running `harvest card` again.",
+            "running `harvest card` again; a person is removed from every title by `people "
+            "remove` (by id, name or photo), which rewrites the shards, the manifest and this "
+            "card and logs the request in `takedown/audit.jsonl`.",
             "- No consent of the people shown has been collected by this tool; publishers must "
             "establish a legal basis for processing before publishing.", ""]
     return "\n".join(out)

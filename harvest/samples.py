@@ -20,6 +20,7 @@ from fractions import Fraction
 import numpy as np
 
 IMAGES = ("t1.jpg", "Tom_Hanks_54745.png")
+PHOTOS_DIR = "photos"     # beside the clips: one head photo per identity (write_photos)
 HEAD_MARGIN = 1.8          # head crop width / detector box width
 AMP_S = 0.06               # relative amplitude of the heads' scale oscillation
 LABEL_HEADER = ("title", "frame", "x1", "y1", "x2", "y2", "identity")
@@ -285,7 +286,24 @@ def make_sample_set(out_dir: str, n_titles: int = 2, seed: int = 0) -> list[tupl
         out.append((path, make_clip(path, seed=seed + i)))
     write_labels_csv(os.path.join(out_dir, "labels.csv"),
                      [(os.path.basename(p), t) for p, t in out])
+    write_photos(os.path.join(out_dir, PHOTOS_DIR))
     return out
+
+
+def write_photos(folder: str, scale: int = 3) -> list[str]:
+    """``id<k>.png``: identity k's head photo (the crop the clips are made of, ``scale`` times
+    larger), named as in ``labels.csv``: a photo to try ``people search --photo`` with."""
+    import cv2
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for k, (head, _) in enumerate(load_identities()):
+        path = os.path.join(folder, f"id{k}.png")
+        big = cv2.resize(head, (head.shape[1] * scale, head.shape[0] * scale),
+                         interpolation=cv2.INTER_CUBIC)
+        if not cv2.imwrite(path, big):
+            raise OSError(f"could not write {path}")
+        paths.append(path)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,9 @@ track plus the seed face of each tracklet (anchor a, p1, p2), so C <= crops_per_
 Row order: rows are written in ascending ``track_id``; track ids are 0..T-1 in order of the
 tracks' first face (frame, then detection order inside the frame), so the same video and config
 give the same shard bytes. Readers should still look tracks up by ``track_id`` (ids, not row
-positions, are what ``cannot_link`` and ``hard_negative`` refer to).
+positions, are what ``cannot_link`` and ``hard_negative`` refer to). A takedown
+(``harvest/takedown.py``, ``people remove``) removes rows without renumbering the others, so a
+shard that had one may have gaps in its ids.
 """
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ def shard_schema(dim: int) -> pa.Schema:
 # One line per column for dataset cards (``harvest card``); the same names as ``shard_schema``.
 COLUMN_DESCRIPTIONS = {
     "title_id": "title: readable file stem + 12 hex digits of sha256(canonical URI | size)",
-    "track_id": "track number, unique in the title (0..T-1 in order of first face)",
+    "track_id": "track number, unique in the title (0..T-1 in order of first face; gaps after a takedown)",
     "shot_id": "shot that holds every face of the track",
     "n_faces": "N, the number of faces (detections) in the track",
     "frame_idx": "frame number of each face, strictly increasing, in [0, frames decoded)",

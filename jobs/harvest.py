@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harvest.cli import main  # noqa: E402
+from harvest.console import run  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("harvest.cli", "main")      # ends the process with the command's status

@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training.cli import train_main  # noqa: E402
+from harvest.console import run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(train_main())
+    run("training.cli", "train_main")      # ends the process with the command's status

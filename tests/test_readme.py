@@ -37,7 +37,7 @@ INSTALL_AND_TEST = 'python3 -m pip install torch==2.13.0 -e ".[test]" && python3
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 SHELL = {"bash", "sh", "shell", "console"}
-COMMANDS = ("harvest", "train", "evaluate", "cluster")
+COMMANDS = ("harvest", "train", "evaluate", "cluster", "people", "export-head")
 BENCH = {p.stem for p in (ROOT / "bench").glob("*.py")}
 
 
@@ -85,7 +85,7 @@ def _command(tokens: list[str]) -> tuple[str, list[str]] | None:
         if tokens[1] == "-m" and tokens[2:3] == ["harvest"]:
             return "harvest", tokens[3:]
         m = re.fullmatch(r"(jobs|bench)/(\w+)\.py", tokens[1])
-        if m and m.group(1) == "jobs" and m.group(2) in COMMANDS:
+        if m and m.group(1) == "jobs" and m.group(2) in COMMANDS + ("people",):
             return m.group(2), tokens[2:]
         if m and m.group(1) == "bench" and m.group(2) in BENCH:
             return f"bench/{m.group(2)}", tokens[2:]
@@ -160,6 +160,12 @@ def parser(program: str) -> argparse.ArgumentParser:
     if program == "harvest":
         from harvest import cli
         return cli.build_parser() if hasattr(cli, "build_parser") else _parser_of(cli.parse)
+    if program == "people":
+        from training.people.cli import _parser
+        return _parser()
+    if program == "export-head":
+        from training.cli import export_parser
+        return export_parser()
     from training import cli
     builder = getattr(cli, f"{program}_parser", None)
     return builder() if builder else _parser_of(getattr(cli, f"{program}_main"))

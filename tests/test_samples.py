@@ -176,7 +176,12 @@ def test_scrfd_detects_truth_faces(clip):
 
 def test_labels_csv_round_trips(sample_set, tmp_path):
     out, items = sample_set
-    assert sorted(os.listdir(out)) == ["labels.csv", "title_0.mp4", "title_1.mp4"]
+    assert sorted(os.listdir(out)) == ["labels.csv", "photos", "title_0.mp4", "title_1.mp4"]
+    ids = sorted({r[5] for _, t in items for r in t.boxes})
+    from harvest.samples import load_identities
+    photos = sorted(os.listdir(os.path.join(out, "photos")))      # one per identity
+    assert photos == sorted(f"id{k}.png" for k in range(len(load_identities())))
+    assert {f"{i}.png" for i in ids} <= set(photos)
     with open(os.path.join(out, "labels.csv")) as f:
         assert f.readline().strip() == "title,frame,x1,y1,x2,y2,identity"
     labels = samples.read_labels_csv(os.path.join(out, "labels.csv"))
@@ -218,5 +223,5 @@ def test_mp4v_fallback_without_pyav(tmp_path, monkeypatch):
 
 def test_cli(tmp_path, capsys):
     assert samples.main([str(tmp_path), "--titles", "1", "--seed", "7"]) == 0
-    assert sorted(os.listdir(tmp_path)) == ["labels.csv", "title_0.mp4"]
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv", "photos", "title_0.mp4"]
     assert "title_0.mp4" in capsys.readouterr().out

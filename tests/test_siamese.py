@@ -8,6 +8,7 @@ from training.heads import SiameseMLP
 from training.heads.siamese import batch_loss
 from training.losses import (ContrastiveLoss, draw, ssiam_neighbours, ssiam_pairs,
                              tsiam_negative_tracks, tsiam_pairs)
+from training.losses.siamese_miners import CACHE_MB, FaceDistances, ssiam_neighbours_dense
 
 X46 = torch.tensor([[0, 0], [0.2, 0], [3, 0], [3, 0.5], [0, 4], [1, 4]], dtype=torch.float64)
 
@@ -155,6 +156,41 @@ def test_tsiam_miner_matches_brute_force(seed):
             assert tr[i] == tr[j] and idx[i] != idx[j]
         else:
             assert rel[tr[i], tr[j]]
+
+
+@pytest.mark.parametrize("cache_mb", [CACHE_MB, 0])
+@pytest.mark.parametrize("seed", range(3))
+def test_miners_on_title_distances_match_brute_force(seed, cache_mb):
+    """The training path: a draw of face ids mined from the title's FaceDistances (whole matrix
+    cached, or per draw), duplicates in the draw mined once, same pairs as brute force."""
+    rng = np.random.default_rng(seed)
+    n_tracks, n_frames = 9, 45
+    frame_track = np.sort(rng.integers(0, n_tracks, n_frames))
+    frames = rng.integers(-2, 3, size=(n_frames, 3)).astype(np.float64) + frame_track[:, None]
+    frames[5] = frames[6]                                     # equal features, different frames
+    dist = FaceDistances(torch.from_numpy(frames), cache_mb=cache_mb)
+    assert (dist.full is not None) == (cache_mb > 0)
+    cannot_link = [[] for _ in range(n_tracks)]
+    for a, b in [(0, 1), (2, 3), (3, 4)]:
+        cannot_link[a].append(b)
+        cannot_link[b].append(a)
+    rel = tsiam_negative_tracks(np.stack([frames[frame_track == t].mean(0)
+                                          if (frame_track == t).any() else np.zeros(3)
+                                          for t in range(n_tracks)]), cannot_link, n_far=2)
+    idx = draw(n_frames, 120, torch.Generator().manual_seed(seed)).numpy()   # many duplicates
+    x, tr = frames[idx], frame_track[idx]
+    got = ssiam_pairs(torch.from_numpy(x), 23, torch.from_numpy(idx), dist)
+    assert pairs_list(got) == brute_ssiam(x, 23)
+    got = tsiam_pairs(torch.from_numpy(x), torch.from_numpy(tr), rel, torch.from_numpy(idx), 23,
+                      dist)
+    assert pairs_list(got) == brute_tsiam(x, tr, rel.toarray(), idx, 23)
+    nn, r, fn, f = ssiam_neighbours(torch.from_numpy(x), idx, dist)
+    nn_d, r_d, fn_d, f_d = ssiam_neighbours_dense(torch.from_numpy(x))
+    assert torch.equal(nn, nn_d) and torch.equal(fn, fn_d)
+    # numpy's sqrt is correctly rounded (as the brute force's); torch's vectorised float64
+    # sqrt can be one ulp off (sqrt(78)), so the dense reference's distances match to an ulp
+    torch.testing.assert_close(r, r_d, rtol=1e-15, atol=0)
+    torch.testing.assert_close(f, f_d, rtol=1e-15, atol=0)
 
 
 def test_tsiam_returns_fewer_pairs_when_the_draw_lacks_them():

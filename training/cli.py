@@ -285,3 +285,44 @@ def _cluster(argv) -> int:
         from training.cluster_titles import write_report
         print(f"report: {write_report(args.shards, args.output, args.report, args.titles)}")
     return 1 if n["failed"] else 0
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="export-head", description="Write a trained head as ONNX (head.onnx: unit-norm "
+        "embeddings (N, D) -> the head's clustering embedding (N, E)) and, with --models, a face "
+        "pack whose recogniser has the head appended (--output/pack: `harvest run --models` "
+        "takes it as it is).")
+    p.add_argument("--head", required=True, help=HEAD_HELP)
+    p.add_argument("--output", required=True,
+                   help="directory/URL: head.onnx, export.json and, with --models, pack/")
+    p.add_argument("--models", help="directory/URL of the SCRFD + ArcFace-format .onnx pack the "
+                                    "head was trained on (its recogniser's embeddings)")
+    return p
+
+
+def export_main(argv=None) -> int:
+    return _main("export", _export, argv)
+
+
+def _export(argv) -> int:
+    args = export_parser().parse_args(argv)
+    check_path("--head", args.head)
+    check_path("--models", args.models)
+    check_dir("--output", args.output)
+    from training.export import ExportError, export
+    try:
+        record = export(args.head, args.output, args.models)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    head = record["head"]
+    out = args.output.rstrip("/")
+    print(f"export: {head['head']} head ({head['in_dim']} -> {head['out_dim']}, checkpoint "
+          f"sha256 {head['checkpoint_sha256'][:12]}) -> {out}/{record['head_onnx']['file']} "
+          f"(onnxruntime vs torch max abs diff {record['head_onnx']['max_abs_diff']:.2g})")
+    if "pack" in record:
+        pack = record["pack"]
+        print(f"export: pack -> {out}/{pack['directory']}/ ({pack['detector']['file']}, "
+              f"{pack['recogniser']['file']}: {pack['embedding_dim']}-d embeddings); harvest "
+              f"with: harvest run --models {out}/{pack['directory']} ...")
+    return 0

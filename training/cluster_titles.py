@@ -176,13 +176,24 @@ def run(shards: str, output: str, head: str | None = None, method: str = DEFAULT
     """Cluster every title of ``shards`` (or ``titles``: ids or file names), one Ray task each;
     -> one result dict per title (``status`` done / skipped / failed with ``error``);
     ``params`` override the method's defaults (``--param``)."""
-    import ray
     cfg = make_config(method, head, cannot_link, params)
     infos = shard_info(shards)
     if titles:
         infos = resolve_titles(infos, titles)
-    task = ray.remote(num_cpus=1, max_retries=1)(cluster_one)
-    pending = {task.remote(i, output, cfg): i["title_id"] for i in infos}
+
+    def done(r: dict) -> str:
+        return f" ({r['n_tracks']} tracks -> {r['n_clusters']} clusters, {r['seconds']:.1f}s)"
+    return map_titles(cluster_one, infos, (output, cfg), "cluster", done, log)
+
+
+def map_titles(fn, infos: list[dict], args: tuple, name: str, describe, log=print) -> list[dict]:
+    """``fn(info, *args)`` for every title, one Ray task each (1 CPU, one retry of a system
+    failure), collected as they finish; a title whose task raises is a ``failed`` row with its
+    error and the others go on. ``describe(result)`` ends each title's log line.
+    -> results sorted by title_id (``cluster`` and ``people build`` run their titles so)."""
+    import ray
+    task = ray.remote(num_cpus=1, max_retries=1)(fn)
+    pending = {task.remote(i, *args): i["title_id"] for i in infos}
     results = []
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -192,7 +203,6 @@ def run(shards: str, output: str, head: str | None = None, method: str = DEFAULT
         except Exception as e:          # one title's failure does not stop the others
             r = dict(title_id=title, status="failed", error=f"{type(e).__name__}: {e}")
         results.append(r)
-        log(f"[cluster] {len(results)}/{len(infos)} {title}: {r['status']}"
-            + (f" ({r['n_tracks']} tracks -> {r['n_clusters']} clusters, {r['seconds']:.1f}s)"
-               if r["status"] != "failed" else f" {r['error']}"))
+        log(f"[{name}] {len(results)}/{len(infos)} {title}: {r['status']}"
+            + (f" {r['error']}" if r["status"] == "failed" else describe(r)))
     return sorted(results, key=lambda r: r["title_id"])

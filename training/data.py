@@ -3,7 +3,7 @@
 Nothing here reads a whole corpus. The driver lists shards and reads only their footers
 (:func:`shard_info`: title, D, track count) to split titles (:func:`split_titles`) and deal
 them to workers (:func:`deal_titles`, balanced by track count, reshuffled every epoch). A worker
-streams its titles (:func:`read_title`: one shard, the training columns, prefetched one ahead),
+streams its titles (:func:`read_title`: one shard, its kind's columns, read one ahead),
 turns each title group into samples (:func:`build_samples`: the hard negative and cannot-link
 partners are always in the same title) and cuts batches (:func:`stream_batches`), holding at
 most one title plus a small pool of samples. A :class:`SampleKind` (named by the registry;
@@ -18,14 +18,24 @@ sample builder, its batcher and its collate function. Arrays of the track kinds:
 
 The frame kinds (SSiam/TSiam, :func:`frames_kind`) read the per-face ``embeddings`` of one
 title's valid tracks: ``x`` (F, D) faces, ``track`` (F,) track row of each face, ``means``
-(T, D); each batch draws ``draw`` faces of the title and its collate mines the pairs.
+(T, D); each batch draws ``draw`` faces of the title and its collate mines the pairs (from the
+title's :class:`~training.losses.siamese_miners.FaceDistances`, made once per title).
+
+Speed (docs/benchmarks.md, "Training data path"): no per-track Python. Columns are decoded
+from the Arrow buffers by numpy (fixed-size lists as zero-copy (n, 3, D) views, list columns by
+their offsets), track keys are matched by sorting (:func:`_locate`), each kind reads only its
+columns, a pool merges title groups by index (:class:`_Rows`, no copy) and a batch's rows are
+copied once, by its collate. ``training.train.worker_batches`` runs all of it in a prefetch
+thread (:func:`prefetched`) ahead of the training step.
 """
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import fsspec
 import numpy as np
@@ -76,24 +86,109 @@ def shard_info(url: str) -> list[dict]:
 
 
 def read_title(path: str, columns=TRAIN_COLUMNS) -> pa.Table:
-    """One shard (= one title group) with ``columns``, tracks in ``track_id`` order."""
+    """One shard (= one title group) with ``columns``, tracks in ``track_id`` order.
+
+    ``ParquetFile.read`` on one thread (the dataset layer of ``pq.read_table`` costs about as
+    much again on a 1,400-track shard, and a worker's cores belong to its model); a local path
+    is memory-mapped. Shards the harvest wrote are already in track order: no sort then."""
     fs, p = _fs(path)
-    with fs.open(p, "rb") as f:
-        table = pq.read_table(f, columns=list(columns))
-    return table.sort_by([(TRACK_ID, "ascending")])
+    if is_local(fs):
+        table = pq.ParquetFile(p, memory_map=True).read(columns=list(columns), use_threads=False)
+    else:
+        with fs.open(p, "rb") as f:
+            table = pq.ParquetFile(f).read(columns=list(columns), use_threads=False)
+    if TRACK_ID in table.column_names:
+        ids = table[TRACK_ID].to_numpy()
+        if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():
+            table = table.sort_by([(TRACK_ID, "ascending")])
+    return table
 
 
-def iter_titles(paths: Iterable[str], columns=TRAIN_COLUMNS) -> Iterator[pa.Table]:
-    """:func:`read_title` of each path in order, the next one read in a thread meanwhile."""
+READ_AHEAD = 1           # shards read ahead of the one being consumed (2: no gain measured)
+
+
+def iter_titles(paths: Iterable[str], columns=TRAIN_COLUMNS, ahead: int | None = None
+                ) -> Iterator[pa.Table]:
+    """:func:`read_title` of each path in order, the next ``ahead`` (default
+    :data:`READ_AHEAD`) read meanwhile, each in its own thread (Parquet decoding releases the
+    GIL)."""
     paths = list(paths)
     if not paths:
         return
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(read_title, paths[0], columns)
-        for path in paths[1:] + [None]:
-            table = nxt.result()
-            nxt = pool.submit(read_title, path, columns) if path else None
+    ahead = max(int(READ_AHEAD if ahead is None else ahead), 1)
+    with ThreadPoolExecutor(ahead) as pool:
+        pending = [pool.submit(read_title, p, columns) for p in paths[:ahead]]
+        for k in range(len(paths)):
+            table = pending.pop(0).result()
+            if k + ahead < len(paths):
+                pending.append(pool.submit(read_title, paths[k + ahead], columns))
             yield table
+
+
+class Collated(NamedTuple):
+    """One batch already collated: ``tensors`` for the head's batch_loss, ``n`` samples."""
+    tensors: dict
+    n: int
+
+
+def collated(batches: Iterable[tuple["Samples", np.ndarray]]) -> Iterator[Collated]:
+    """(samples, indices) pairs -> :class:`Collated` batches."""
+    for samples, idx in batches:
+        yield Collated(collate(samples, idx), len(idx))
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterable, depth: int = 2) -> Iterator:
+    """``items`` produced by a background thread, up to ``depth`` ahead of the consumer.
+
+    Reading (Arrow), building samples and collating (numpy) release the GIL for their bulk work,
+    as the model's forward and backward do, so the next batches are made while a step runs.
+    An exception in the producer is raised in the consumer; closing the generator (or leaving
+    it unfinished) stops the producer after its current item."""
+    q: queue.Queue = queue.Queue(maxsize=max(int(depth), 1))
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for x in items:
+                if not put(x):
+                    return
+            put(_DONE)
+        except BaseException as e:      # noqa: BLE001 - handed to the consumer
+            put(e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:       # a generator: end its readers now, not at collection
+                close()
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x = q.get()
+            if x is _DONE:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+        while thread.is_alive():        # unblock a producer waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
 
 
 # ------------------------------------------------------------------------------- splitting
@@ -166,12 +261,55 @@ def resolve_titles(infos: list[dict], names) -> list[dict]:
 
 # ------------------------------------------------------------------------------- samples
 def _vectors(arr, dim: int) -> np.ndarray:
-    """Non-null fixed-size-list (of fixed-size lists) column -> float32 array (n, ..., dim)."""
+    """Fixed-size-list (of fixed-size lists) float column -> float32 array (n, ..., dim), a
+    zero-copy view of the Arrow buffer where the values are float32 already. Null slots come
+    back as whatever their child slots hold (a fixed-size list keeps them): select rows first."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    flat = arr
+    n, flat, start, width = len(arr), arr, 0, 1     # start: logical index into ``flat``
     while pa.types.is_fixed_size_list(flat.type):
-        flat = flat.flatten()
-    return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), -1, dim)
+        size = flat.type.list_size
+        start, width = (start + flat.offset) * size, width * size   # ``.values`` ignores offset
+        flat = flat.values
+    values = flat.to_numpy(zero_copy_only=False)[start:start + n * width]
+    return values.astype(np.float32, copy=False).reshape(n, -1, dim)
+
+
+def _title_codes(col) -> np.ndarray:
+    """String column -> (n,) int64 rank of each value among the sorted distinct values
+    (``np.unique``'s inverse), without building Python strings per row."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    enc = col.dictionary_encode() if not pa.types.is_dictionary(col.type) else col
+    names = enc.dictionary.to_numpy(zero_copy_only=False)
+    rank = np.empty(len(names), np.int64)
+    rank[np.argsort(names, kind="stable")] = np.arange(len(names))
+    return rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def _locate(key_title: np.ndarray, key_id: np.ndarray, title: np.ndarray,
+            ids: np.ndarray) -> np.ndarray:
+    """Position in the (unique) keys (``key_title``, ``key_id``) of each query (``title``,
+    ``ids``), -1 where absent. O((n + q) log(n + q)), no Python loop."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    if not len(key_id):
+        return np.full(len(ids), -1, np.int64)
+    uniq, inv = np.unique(np.concatenate([key_id, ids]), return_inverse=True)
+    span = len(uniq)
+    keys = key_title.astype(np.int64) * span + inv[:len(key_id)]
+    query = title.astype(np.int64) * span + inv[len(key_id):]
+    order = np.argsort(keys, kind="stable")
+    pos = np.minimum(np.searchsorted(keys[order], query), len(keys) - 1)
+    return np.where(keys[order][pos] == query, order[pos], -1).astype(np.int64)
+
+
+def _list_values(col, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """List column at ``rows`` -> (row number in ``rows`` of each value, the values), in list
+    order (nulls are empty)."""
+    taken = col.take(pa.array(rows))
+    taken = taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
+    counts = pc.list_value_length(taken).fill_null(0).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(taken).to_numpy(zero_copy_only=False)
+    return np.repeat(np.arange(len(rows), dtype=np.int64), counts.astype(np.int64)), values
 
 
 def faces_of(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -256,26 +394,30 @@ def build_samples(table: pa.Table, kind, identities: dict | None = None,
 
 
 def _track_samples(table: pa.Table) -> dict | None:
-    """Arrays shared by the track kinds: valid tracks with tracklets (+ row bookkeeping)."""
-    dim = table.schema.field(MEAN_EMBEDDING).type.list_size
+    """Arrays shared by the track kinds: valid tracks with tracklets (+ row bookkeeping), decoded
+    from the Arrow buffers by numpy (no per-track Python objects)."""
+    dim = table.schema.field(TRACKLETS).type.value_type.list_size
     keep = pc.and_(table[IS_VALID], pc.is_valid(table[TRACKLETS]))
     rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
     if not len(rows):
         return None
-    all_titles = table[TITLE_ID].to_numpy(zero_copy_only=False)
-    all_ids = table[TRACK_ID].to_numpy()
+    all_titles = _title_codes(table[TITLE_ID])
+    all_ids = table[TRACK_ID].to_numpy().astype(np.int64, copy=False)
     titles, ids = all_titles[rows], all_ids[rows]
     _, title_idx = np.unique(titles, return_inverse=True)
     first = pc.list_element(table[FRAME_IDX].take(pa.array(rows)), 0).to_numpy()
-    arrays = dict(views=_vectors(table[TRACKLETS].take(pa.array(rows)), dim),     # (n, 3, D)
-                  title=title_idx.astype(np.int64), track_id=ids, first_frame=first.astype(np.int64))
-    ctx = dict(dim=dim, rows=rows, titles=titles, ids=ids, all_titles=all_titles, all_ids=all_ids,
-               key_to_sample={(t, int(i)): s for s, (t, i) in enumerate(zip(titles, ids))})
+    # (n, 3, D): rows of the zero-copy view of the Arrow buffer, copied once, by the collate
+    views = _Rows([_vectors(table[TRACKLETS], dim)], np.zeros(len(rows), np.int32),
+                  rows.astype(np.int64))
+    arrays = dict(views=views, title=title_idx.astype(np.int64), track_id=ids,
+                  first_frame=first.astype(np.int64))
+    ctx = dict(dim=dim, rows=rows, titles=titles, ids=ids, all_titles=all_titles, all_ids=all_ids)
     return arrays, ctx
 
 
 def _subset(arrays: dict, ok: np.ndarray) -> dict:
-    return {k: v[ok] for k, v in arrays.items()}
+    keep = np.flatnonzero(ok)
+    return {k: v.subset(keep) if isinstance(v, _Rows) else v[keep] for k, v in arrays.items()}
 
 
 def build_views(table: pa.Table, identities=None) -> dict | None:
@@ -290,19 +432,17 @@ def build_triplets(table: pa.Table, identities=None) -> dict | None:
     if got is None:
         return None
     arrays, c = got
-    tracklets, titles = arrays["views"], c["titles"]
-    means = _vectors(table[MEAN_EMBEDDING], c["dim"])[:, 0]
-    key_to_row = {(t, int(i)): r for r, (t, i) in enumerate(zip(c["all_titles"], c["all_ids"]))}
-    hard = table[HARD_NEGATIVE].take(pa.array(c["rows"])).to_pylist()
-    neg, ok = np.zeros((len(c["rows"]), c["dim"]), np.float32), np.zeros(len(c["rows"]), bool)
-    for s, h in enumerate(hard):
-        if h is None:
-            continue
-        other = c["key_to_sample"].get((titles[s], h))
-        if other is not None:           # the negative's anchor tracklet
-            neg[s], ok[s] = tracklets[other, 0], True
-        elif (titles[s], h) in key_to_row:  # negative without tracklets: its mean embedding
-            neg[s], ok[s] = means[key_to_row[(titles[s], h)]], True
+    tracklets, titles, rows = arrays["views"], c["titles"], c["rows"]
+    hard_col = table[HARD_NEGATIVE].take(pa.array(rows))
+    has = pc.is_valid(hard_col).to_numpy(zero_copy_only=False)
+    hard = hard_col.fill_null(0).to_numpy().astype(np.int64)
+    other = np.where(has, _locate(titles, c["ids"], titles, hard), -1)
+    row = np.where(has & (other < 0), _locate(c["all_titles"], c["all_ids"], titles, hard), -1)
+    neg = np.zeros((len(rows), c["dim"]), np.float32)
+    neg[other >= 0] = tracklets[other[other >= 0], 0]       # the negative's anchor tracklet
+    if (row >= 0).any():                                     # without tracklets: its mean
+        neg[row >= 0] = _vectors(table[MEAN_EMBEDDING], c["dim"])[row[row >= 0], 0]
+    ok = (other >= 0) | (row >= 0)
     arrays = _subset(arrays, ok)
     arrays["negative"] = neg[ok]
     return arrays
@@ -317,24 +457,91 @@ def build_clusters(table: pa.Table, identities=None) -> dict | None:
     arrays, c = got
     titles, ids = c["titles"], c["ids"]
     if identities is not None:
-        names = [identities.get((t, int(i))) for t, i in zip(titles, ids)]
+        names_of = table[TITLE_ID].take(pa.array(c["rows"])).to_pylist()
+        names = [identities.get((t, int(i))) for t, i in zip(names_of, ids)]
         ok = np.array([n is not None for n in names], bool)
         arrays = _subset(arrays, ok)
         arrays["labels"] = np.array([n for n in names if n is not None], np.int64)
         return arrays
-    cl = table[CANNOT_LINK].take(pa.array(c["rows"])).to_pylist()
-    ptr, idx, k2s = [0], [], c["key_to_sample"]
-    for s, partners in enumerate(cl):
-        idx += [k2s[(titles[s], p)] for p in partners if (titles[s], p) in k2s]
-        ptr.append(len(idx))
-    arrays["labels"] = np.arange(len(c["rows"]), dtype=np.int64)
-    arrays["cl_ptr"], arrays["cl_idx"] = np.asarray(ptr, np.int64), np.asarray(idx, np.int64)
+    owner, partners = _list_values(table[CANNOT_LINK], c["rows"])
+    partner = _locate(titles, ids, titles[owner], partners.astype(np.int64))
+    hit = partner >= 0
+    counts = np.bincount(owner[hit], minlength=len(ids))
+    arrays["labels"] = np.arange(len(ids), dtype=np.int64)
+    arrays["cl_ptr"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    arrays["cl_idx"] = partner[hit]
     return arrays
 
 
 # ------------------------------------------------------------------------------- batching
+class _Rows:
+    """Rows of several per-title arrays addressed without copying them: row i is
+    ``bases[part[i]][local[i]]``. Pools hold their (n, 3, D) views like this, so merging title
+    groups into a pool and carrying a pool's rest over copy index arrays only; a batch's rows
+    are gathered once, by its collate (``rows[idx]``)."""
+
+    def __init__(self, bases: list, part: np.ndarray, local: np.ndarray):
+        self.bases, self.part, self.local = bases, part, local
+        self.shape = (len(part),) + bases[0].shape[1:]
+        self.dtype, self.ndim = bases[0].dtype, bases[0].ndim
+
+    @classmethod
+    def concat(cls, arrays: list) -> "_Rows":
+        bases, parts, locals_ = [], [], []
+        for a in arrays:
+            r = a if isinstance(a, _Rows) else cls([a], np.zeros(len(a), np.int32),
+                                                   np.arange(len(a), dtype=np.int64))
+            parts.append(r.part + len(bases))
+            locals_.append(r.local)
+            bases += r.bases
+        return cls(bases, np.concatenate(parts), np.concatenate(locals_))
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    def subset(self, idx: np.ndarray) -> "_Rows":
+        """The rows ``idx`` as a new :class:`_Rows` (bases no row refers to are let go)."""
+        part, local = self.part[idx], self.local[idx]
+        used = np.unique(part)
+        remap = np.zeros(len(self.bases), np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        return _Rows([self.bases[b] for b in used], remap[part], local)
+
+    def gather(self, idx: np.ndarray, rest: tuple = ()) -> np.ndarray:
+        """``rows[idx][(slice(None),) + rest]``, copying only what is selected."""
+        part, local = self.part[idx], self.local[idx]
+        if len(self.bases) == 1:
+            return self.bases[0][(local,) + rest]
+        probe = self.bases[0][(local[:0],) + rest]
+        out = np.empty((len(local),) + probe.shape[1:], self.dtype)
+        for b in np.unique(part):
+            m = part == b
+            out[m] = self.bases[b][(local[m],) + rest]
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            if isinstance(key[0], (int, np.integer)):
+                return self[key[0]][key[1:]]
+            return self.gather(self._rows(key[0]), key[1:])
+        if isinstance(key, (int, np.integer)):
+            return self.bases[self.part[key]][self.local[key]]
+        return self.gather(self._rows(key))
+
+    def _rows(self, key) -> np.ndarray:
+        return np.arange(len(self))[key] if isinstance(key, slice) else key
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.gather(np.arange(len(self)))
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+_ROW_ARRAYS = ("views", "negative")       # per-sample float arrays pools address as _Rows
+
+
 def concat_samples(parts: list[Samples]) -> Samples:
-    """Samples of several title groups as one (cannot-link indices shifted)."""
+    """Samples of several title groups as one (cannot-link indices shifted); the big per-sample
+    arrays are merged as :class:`_Rows` (no copy)."""
     if len(parts) == 1:
         return parts[0]
     kind, arrays = parts[0].kind, {}
@@ -346,6 +553,8 @@ def concat_samples(parts: list[Samples]) -> Samples:
             ends = np.cumsum([0] + [p.arrays[k][-1] for p in parts[:-1]])
             arrays[k] = np.concatenate([parts[0].arrays[k][:1]]
                                        + [p.arrays[k][1:] + e for p, e in zip(parts, ends)])
+        elif k in _ROW_ARRAYS:
+            arrays[k] = _Rows.concat([p.arrays[k] for p in parts])
         else:
             arrays[k] = np.concatenate([p.arrays[k] for p in parts])
     return Samples(kind, arrays)
@@ -369,35 +578,45 @@ def pooled_batches(kind: SampleKind, tables: Iterable[pa.Table], batch_size: int
     contiguous batches, so co-occurring (cannot-link) tracks share a batch; others are
     shuffled in a pool of ``SHUFFLE_BATCHES`` batches. Memory: one title plus the pool.
     """
-    pool_size, parts, n, weak = SHUFFLE_BATCHES * batch_size, [], 0, False
+    pool_size, parts, orders, n, weak = SHUFFLE_BATCHES * batch_size, [], [], 0, False
     for table in tables:
         s = build_samples(table, kind, identities, required=False)
         if s is None:
             continue
         if s.weak:       # co-occurring tracks next to each other, contiguous batches
-            s = take(s, np.lexsort((s.arrays["first_frame"], s.arrays["title"])))
+            orders.append(np.lexsort((s.arrays["first_frame"], s.arrays["title"])))
             weak, pool_size = True, batch_size
         parts.append(s)
         n += len(s)
         if n >= pool_size + batch_size:        # keep >= batch_size back for the merged tail
-            pool = concat_samples(parts)
-            order = np.arange(n) if weak else rng.permutation(n)
+            pool, order = concat_samples(parts), _pool_order(parts, orders, weak, rng)
             k = (n - batch_size) // batch_size
             for b in range(k):
                 yield pool, order[b * batch_size:(b + 1) * batch_size]
             rest = order[k * batch_size:]
-            parts, n = [take(pool, np.sort(rest) if weak else rest)], len(rest)
+            parts, n = [take(pool, rest)], len(rest)
+            orders = [np.arange(n)] if weak else []
     if n:              # the rest in the fewest batches of at most batch_size
-        pool = concat_samples(parts)
-        order = np.arange(n) if weak else rng.permutation(n)
+        pool, order = concat_samples(parts), _pool_order(parts, orders, weak, rng)
         for idx in np.array_split(order, -(-n // batch_size)):
             yield pool, idx
+
+
+def _pool_order(parts: list, orders: list, weak: bool, rng: np.random.Generator) -> np.ndarray:
+    """Batch order over the concatenated ``parts``: weak labels each part in its own order (an
+    index, not a copy of the samples), else a random permutation."""
+    n = sum(len(p) for p in parts)
+    if not weak:
+        return rng.permutation(n)
+    offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    return np.concatenate([o + off for o, off in zip(orders, offsets)]).astype(np.int64)
 
 
 def take(samples: Samples, idx: np.ndarray) -> Samples:
     """The samples at ``idx`` (cannot-link partners outside ``idx`` dropped)."""
     a = samples.arrays
-    out = {k: v[idx] for k, v in a.items() if k not in ("cl_ptr", "cl_idx")}
+    out = {k: v.subset(idx) if isinstance(v, _Rows) else v[idx]
+           for k, v in a.items() if k not in ("cl_ptr", "cl_idx")}
     if samples.weak:
         pos = np.full(len(samples), -1, np.int64)
         pos[idx] = np.arange(len(idx))
@@ -450,9 +669,13 @@ def collate_clusters(samples: Samples, idx: np.ndarray) -> dict:
     return out
 
 
-VIEWS = register_kind(SampleKind("views", build_views, collate_views))
-TRIPLETS = register_kind(SampleKind("triplets", build_triplets, collate_triplets))
-CLUSTERS = register_kind(SampleKind("clusters", build_clusters, collate_clusters))
+# Each kind reads only its columns (BCL and MvCorr skip ``mean_embedding``: a third of a shard).
+VIEW_COLUMNS = (TITLE_ID, TRACK_ID, FRAME_IDX, TRACKLETS, IS_VALID)
+VIEWS = register_kind(SampleKind("views", build_views, collate_views, columns=VIEW_COLUMNS))
+TRIPLETS = register_kind(SampleKind("triplets", build_triplets, collate_triplets,
+                                    columns=VIEW_COLUMNS + (MEAN_EMBEDDING, HARD_NEGATIVE)))
+CLUSTERS = register_kind(SampleKind("clusters", build_clusters, collate_clusters,
+                                    columns=VIEW_COLUMNS + (CANNOT_LINK,)))
 
 
 # ------------------------------------------------------------------------------- frames (SSiam/TSiam)
@@ -514,23 +737,31 @@ def frames_kind(name: str, miner: Callable, prepare: Callable | None = None) -> 
                                    FRAME_COLUMNS, "x", miner=miner, prepare=prepare))
 
 
+def _distances(samples: Samples, hp: dict) -> None:
+    """Once per title: the exact distances among its faces (cached whole when they fit), which
+    every draw of the title mines from."""
+    from training.losses.siamese_miners import FaceDistances
+    samples.meta["distances"] = FaceDistances(samples.arrays["x"])
+
+
 def _ssiam_miner(samples: Samples, idx: np.ndarray, x: torch.Tensor):
     from training.losses.siamese_miners import ssiam_pairs
-    return ssiam_pairs(x, samples.meta["n_pairs"])
+    return ssiam_pairs(x, samples.meta["n_pairs"], idx, samples.meta.get("distances"))
 
 
 def _tsiam_prepare(samples: Samples, hp: dict) -> None:
     from training.losses.siamese_miners import tsiam_negative_tracks
     m = samples.meta
     m["negatives"] = tsiam_negative_tracks(m["means"], m["cannot_link"], int(hp.get("n_far") or 25))
+    _distances(samples, hp)
 
 
 def _tsiam_miner(samples: Samples, idx: np.ndarray, x: torch.Tensor):
     from training.losses.siamese_miners import tsiam_pairs
     track = torch.from_numpy(samples.arrays["track"][idx])
     return tsiam_pairs(x, track, samples.meta["negatives"], torch.from_numpy(idx),
-                       samples.meta["n_pairs"])
+                       samples.meta["n_pairs"], samples.meta.get("distances"))
 
 
-SSIAM_FRAMES = frames_kind("ssiam-frames", _ssiam_miner)
+SSIAM_FRAMES = frames_kind("ssiam-frames", _ssiam_miner, _distances)
 TSIAM_FRAMES = frames_kind("tsiam-frames", _tsiam_miner, _tsiam_prepare)

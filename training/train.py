@@ -4,7 +4,8 @@ The driver only lists the shards and reads their footers (title, D, track count)
 titles train/validation and hands the title lists to the workers; it never reads the corpus.
 Every epoch each worker takes its share of the training titles (``data.deal_titles``: reshuffled
 per epoch from the seed, balanced by track count), streams them one title group at a time
-(``data.iter_titles`` -> ``data.stream_batches``) and steps DDP (``prepare_model``); a rank
+(``worker_batches``: ``data.iter_titles`` -> ``data.stream_batches`` -> collate, in a prefetch
+thread two batches ahead of the step) and steps DDP (``prepare_model``); a rank
 that runs out of batches first starts over until every rank has done its share once (equal
 step counts, nothing dropped). Validation: each rank a fixed share of the validation titles,
 losses summed over ranks. Rank 0 logs one line per epoch and reports the checkpoint; every run
@@ -32,11 +33,12 @@ import torch
 from torch import nn
 
 from training import registry
-from training.data import (collate, deal_titles, iter_titles, resolve_titles, shard_info,
-                           split_titles, stream_batches)
+from training.data import (Collated, collate, collated, deal_titles, iter_titles, prefetched,
+                           resolve_titles, shard_info, split_titles, stream_batches)
 
 log = logging.getLogger("movieface.train")
 STATE_FILE = "state.pt"
+PREFETCH_BATCHES = 2     # collated batches made ahead of the training step (data.prefetched)
 HEAD_FILE = "head.json"
 
 
@@ -112,14 +114,20 @@ def until_every_rank_is_done(make_batches, device):
 
 def run_epoch(objective, batches, device, optimizer=None, hp=None, epoch=0, step=0,
               after_step=None):
-    """One pass over ``batches`` ((samples, indices) pairs): trains when ``optimizer`` is given,
-    else evaluates. Returns ((loss sum, sample count) on this rank, new global step)."""
+    """One pass over ``batches`` ((samples, indices) pairs, or :class:`~training.data.Collated`
+    batches): trains when ``optimizer`` is given, else evaluates. Returns ((loss sum, sample
+    count) on this rank, new global step)."""
     obj = _unwrap(objective)
     objective.train(optimizer is not None)
     total, count = 0.0, 0
     freeze = optimizer is not None and epoch < hp["radius_freeze_epochs"]
-    for samples, idx in batches:
-        batch = collate(samples, idx, device)
+    for item in batches:
+        if isinstance(item, Collated):       # made ahead by the prefetch thread
+            batch = {k: v.to(device, non_blocking=True) for k, v in item.tensors.items()}
+            n = item.n
+        else:
+            samples, idx = item
+            batch, n = collate(samples, idx, device), len(idx)
         if optimizer is None:
             with torch.no_grad():
                 loss = objective(batch)
@@ -136,9 +144,22 @@ def run_epoch(objective, batches, device, optimizer=None, hp=None, epoch=0, step
             step += 1
             if after_step is not None:
                 after_step(epoch)
-        total += float(loss.detach()) * len(idx)
-        count += len(idx)
+        total += float(loss.detach()) * n
+        count += n
     return (total, count), step
+
+
+def worker_batches(kind, infos, hp: dict, rng: np.random.Generator, identities=None,
+                   prefetch: int = PREFETCH_BATCHES, pin: bool = False):
+    """The batches a worker trains on from the shards ``infos``: read, turned into samples,
+    cut into batches and collated by a background thread ``prefetch`` batches ahead of the
+    step (0: in the caller's thread), as :class:`~training.data.Collated`; ``pin``: in
+    page-locked memory (a GPU worker's host-to-device copy then runs asynchronously)."""
+    items = collated(stream_batches(iter_titles((i["path"] for i in infos), kind.columns), kind,
+                                    hp["batch_size"], rng, identities, hp))
+    if pin:
+        items = (Collated({k: v.pin_memory() for k, v in b.tensors.items()}, b.n) for b in items)
+    return prefetched(items, prefetch) if prefetch else items
 
 
 def peak_rss_mb() -> float:
@@ -208,8 +229,7 @@ def train_loop(config: dict) -> None:
     after_step = _fault_hook(config.get("fault"), rank)
 
     def batches(infos, rng):
-        return stream_batches(iter_titles((i["path"] for i in infos), kind.columns), kind,
-                              hp["batch_size"], rng, identities, hp)
+        return worker_batches(kind, infos, hp, rng, identities, pin=device.type == "cuda")
 
     def validate():     # unwrapped: no DDP collectives, so ranks may run different batch counts
         val_batches = batches(val_share, np.random.default_rng(hp["seed"] + 1))

@@ -163,6 +163,8 @@ OPS = {
                                               "nearest_mode": "floor"}, x, None, scales),
     "Identity": lambda a, x: x,
     "Dropout": lambda a, x, *rest: x,
+    # x / ||x||_p along ``axis``: the L2 normalisations of an exported head (training/export.py)
+    "LpNormalization": lambda a, x: F.normalize(x, p=float(a.get("p", 2)), dim=a.get("axis", -1)),
 }
 
 # inputs an op reads as Python numbers (graph structure): (op, input position) pairs

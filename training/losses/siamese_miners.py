@@ -3,8 +3,17 @@
 Both work on one draw of B candidate frames (``draw``: uniform with replacement) and return
 :class:`Pairs` of indices into that draw: the positives (label 1) first, then the negatives
 (label 0), ``n_pairs // 2`` positives and the rest negatives (the odd slot goes to the negatives,
-as in the reference). Mining uses the raw input features, in float64, O(B^2) time and memory
-(B = 3000: 72 MB); nothing here is differentiable.
+as in the reference). Distances are the raw input features' sqrt(|a|^2 + |b|^2 - 2 a.b) in
+float64; nothing here is differentiable.
+
+Mining is vectorised and blockwise, over the draw's *distinct* frames: a frame drawn k times
+gives k identical distance rows, so each distinct frame is mined once (with the draw positions
+of every column's first / second / last occurrence, which settle the reference's index-order
+ties) and the result is copied to its draw positions. Distances come from a
+:class:`FaceDistances` of the title: its whole face-by-face matrix, computed once per title,
+when that fits ``cache_mb`` (then a batch only gathers), else the distinct frames' Gram matrix
+per draw, block by block. The dense B x B versions (``*_dense``) are kept as the reference the benchmark
+(``bench/train.py mining``) compares against.
 """
 from __future__ import annotations
 
@@ -49,7 +58,7 @@ def _pack(pos_i, pos_j, neg_i, neg_j) -> Pairs:
     return Pairs(first, second, similar)
 
 
-def ssiam_neighbours(x: torch.Tensor):
+def ssiam_neighbours_dense(x: torch.Tensor):
     """-> (nn, r, fn, f): for each row of ``x`` (B, D), column 1 of its stably sorted distance
     row (NN, distance r) and the last column (FN, distance f), as the reference's ``sort``.
     Found without sorting: column 0 = first minimum, column 1 = first minimum once column 0 is
@@ -67,12 +76,13 @@ def ssiam_neighbours(x: torch.Tensor):
     return nn, d[rows, nn], fn, d[rows, fn]
 
 
-def ssiam_pairs(x: torch.Tensor, n_pairs: int = 128) -> Pairs:
-    """SSiam mining (4.3) on the features ``x`` (B, D) of one draw: positives (i, NN(i)) for
+def ssiam_pairs_dense(x: torch.Tensor, n_pairs: int = 128) -> Pairs:
+    """The dense B x B SSiam reference of :func:`ssiam_pairs`. SSiam mining (4.3) on the
+    features ``x`` (B, D) of one draw: positives (i, NN(i)) for
     the K samples of largest r_i, negatives (i, FN(i)) for the K samples of smallest f_i
     (:func:`ssiam_neighbours`); ties keep index order (MATLAB's stable sort)."""
     k_pos, k_neg = _split(n_pairs)
-    nn, r, fn, f = ssiam_neighbours(x)
+    nn, r, fn, f = ssiam_neighbours_dense(x)
     pos = torch.argsort(-r, stable=True)[:k_pos]
     neg = torch.argsort(f, stable=True)[:k_neg]
     return _pack(pos, nn[pos], neg, fn[neg])
@@ -110,9 +120,10 @@ def tsiam_negative_tracks(means: np.ndarray, cannot_link: Sequence[Sequence[int]
     return (rel + rel.T).astype(bool).tocsr()
 
 
-def tsiam_pairs(x: torch.Tensor, track: torch.Tensor, negatives: sp.spmatrix,
-                frame: torch.Tensor | None = None, n_pairs: int = 128) -> Pairs:
-    """TSiam mining (4.5) on one draw: ``x`` (B, D) features, ``track`` (B,) track row of each
+def tsiam_pairs_dense(x: torch.Tensor, track: torch.Tensor, negatives: sp.spmatrix,
+                      frame: torch.Tensor | None = None, n_pairs: int = 128) -> Pairs:
+    """The dense B x B TSiam reference of :func:`tsiam_pairs`. TSiam mining (4.5) on one
+    draw: ``x`` (B, D) features, ``track`` (B,) track row of each
     candidate, ``negatives`` from :func:`tsiam_negative_tracks`, ``frame`` (B,) optional global
     frame ids (a frame drawn twice is never paired with itself).
 
@@ -140,6 +151,201 @@ def tsiam_pairs(x: torch.Tensor, track: torch.Tensor, negatives: sp.spmatrix,
     neg_d = d.masked_fill(~neg, float("inf"))
     nj = neg_d.argmin(dim=1)
     f = neg_d.gather(1, nj[:, None]).squeeze(1)
+    pos = torch.argsort(-r, stable=True)[:k_pos]
+    pos = pos[torch.isfinite(r[pos])]
+    negs = torch.argsort(f, stable=True)[:k_neg]
+    negs = negs[torch.isfinite(f[negs])]
+    return _pack(pos, pj[pos], negs, nj[negs])
+
+
+# ------------------------------------------------------------------------------ blockwise
+BLOCK_ROWS = 256          # distinct frames mined per block: (BLOCK_ROWS, U) float64 at a time
+CACHE_MB = 256            # a title's whole float64 distance matrix is kept when it fits this
+
+
+def _sqdist(a: np.ndarray, sq_a: np.ndarray, b: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
+    """(R, D), (U, D) float64 -> (R, U) sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)), as the reference."""
+    g = a @ b.T if a is not b else a @ a.T          # a @ a.T: numpy's syrk, half the work
+    g *= -2
+    g += sq_a[:, None]
+    g += sq_b[None, :]
+    np.maximum(g, 0, out=g)
+    return np.sqrt(g, out=g)
+
+
+class FaceDistances:
+    """Exact float64 Euclidean distances among the F faces ``x`` (F, D) of one title.
+
+    ``block(rows, cols)`` -> (len(rows), len(cols)) distances between faces ``rows`` and
+    ``cols``. The whole (F, F) matrix is computed once (row blocks, O(F^2 D)) and kept when
+    F^2 * 8 bytes <= ``cache_mb`` MiB, so a draw only gathers; otherwise the miners compute a
+    draw's distinct frames block by block (O(U^2 D)). Memory: at most ``cache_mb`` plus the
+    faces in float64."""
+
+    def __init__(self, x, cache_mb: float = CACHE_MB):
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        self.x = np.ascontiguousarray(x, np.float64)
+        self.sq = np.einsum("ij,ij->i", self.x, self.x)
+        n = len(self.x)
+        self.full = None
+        if n * n * 8 <= cache_mb * 2 ** 20:
+            self.full = _sqdist(self.x, self.sq, self.x, self.sq)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def block(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        """A fresh (len(rows), len(cols)) array (``cols`` None: every face, in order)."""
+        if self.full is not None:      # whole rows first, then columns: ~3x np.ix_'s speed
+            return self.full[rows] if cols is None else self.full[rows][:, cols]
+        if cols is None:
+            return _sqdist(self.x[rows], self.sq[rows], self.x, self.sq)
+        return _sqdist(self.x[rows], self.sq[rows], self.x[cols], self.sq[cols])
+
+
+class _Draw(NamedTuple):
+    """A draw's distinct frames: ``faces`` (U,) ids ordered by first draw position, ``inv`` (B,)
+    distinct index of each position, ``first``/``second``/``last`` (U,) draw positions (second:
+    -1 for a frame drawn once)."""
+    faces: np.ndarray
+    inv: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    last: np.ndarray
+
+
+def _distinct(frame: np.ndarray) -> _Draw:
+    b = len(frame)
+    uniq, first, inv, count = np.unique(frame, return_index=True, return_inverse=True,
+                                        return_counts=True)
+    order = np.argsort(first, kind="stable")           # columns in first-position order
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    inv = rank[inv.ravel()]
+    pos_sorted = np.argsort(inv, kind="stable")        # positions grouped by frame, ascending
+    starts = np.concatenate([[0], np.cumsum(count[order])[:-1]])
+    cnt = count[order]
+    second = np.where(cnt >= 2, pos_sorted[np.minimum(starts + 1, b - 1)], -1)
+    last = pos_sorted[starts + cnt - 1]
+    return _Draw(uniq[order], inv, first[order].astype(np.int64), second.astype(np.int64),
+                 last.astype(np.int64))
+
+
+def _as_dist(x: torch.Tensor, frame, dist):
+    """-> (distances, the draw's distinct frames, their keys into the distances: None when they
+    are all of its faces, in order). Without a cached title matrix the distinct frames' rows are
+    computed block by block (O(U^2 D), O(BLOCK_ROWS U) memory)."""
+    if frame is None:
+        ids = np.arange(x.shape[0])
+    else:
+        ids = np.asarray(frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor)
+                         else frame, np.int64)
+    d = _distinct(ids)
+    if dist is not None and dist.full is not None:
+        return dist, d, d.faces
+    feats = dist.x[d.faces] if dist is not None else x[torch.as_tensor(d.first)]
+    return FaceDistances(feats, cache_mb=0), d, None
+
+
+def ssiam_neighbours(x: torch.Tensor, frame=None, dist: FaceDistances | None = None):
+    """-> (nn, r, fn, f): for each row of ``x`` (B, D), column 1 of its stably sorted distance
+    row (NN, distance r) and the last column (FN, distance f), as the reference's ``sort``.
+    Found without sorting: column 0 = first minimum, column 1 = the first minimum among the other
+    positions, last column = last maximum. Column 0 is taken as the point itself, which is wrong
+    for a frame drawn twice (4.3 step 3); kept for fidelity.
+
+    ``frame`` (B,): ids of the drawn frames (equal id = same features; rows of a frame drawn
+    twice are mined once); ``dist``: the title's :class:`FaceDistances` those ids index.
+    Blockwise over the distinct frames: O(U^2) time beyond the distances, O(BLOCK_ROWS U)
+    memory."""
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError("x must be (B, D) with B >= 2")
+    dist, d, keys = _as_dist(x, frame, dist)
+    u = len(d.faces)
+    cnt2 = d.second >= 0
+    out = np.empty((4, u))
+    for s in range(0, u, BLOCK_ROWS):
+        rows = np.arange(s, min(s + BLOCK_ROWS, u))
+        v = dist.block(rows if keys is None else keys[rows], keys)  # (R, U), by first position
+        r_ = np.arange(len(rows))
+        c0 = v.argmin(1)                                           # first minimum
+        m1 = v[r_, c0]
+        v[r_, c0] = np.inf
+        c1 = v.argmin(1)                                           # first minimum elsewhere
+        m2 = v[r_, c1]
+        v[r_, c0] = m1
+        # column 1 = the earliest other position holding the smallest remaining value: the
+        # second draw of c0's frame (value m1) competes with c1's first position
+        dup = cnt2[c0] & (m2 >= m1)
+        nn_pos = np.where(dup, np.where(m2 == m1, np.minimum(d.second[c0], d.first[c1]),
+                                        d.second[c0]), d.first[c1])
+        r = np.where(dup, m1, m2)
+        cf = v.argmax(1)                                           # last maximum: the first
+        big = v[r_, cf]                                            # one, unless another
+        v[r_, cf] = -np.inf                                        # column ties with it
+        tied = np.flatnonzero(v[r_, v.argmax(1)] == big)
+        v[r_, cf] = big
+        fn_pos = d.last[cf]
+        if len(tied):
+            vt = v[tied]
+            fn_pos[tied] = np.where(vt == big[tied, None], d.last[None, :], -1).max(1)
+        out[:, rows] = nn_pos, r, fn_pos, big
+    inv = d.inv
+    return (torch.from_numpy(out[0][inv].astype(np.int64)), torch.from_numpy(out[1][inv]),
+            torch.from_numpy(out[2][inv].astype(np.int64)), torch.from_numpy(out[3][inv]))
+
+
+def ssiam_pairs(x: torch.Tensor, n_pairs: int = 128, frame=None,
+                dist: FaceDistances | None = None) -> Pairs:
+    """SSiam mining (4.3) on the features ``x`` (B, D) of one draw: positives (i, NN(i)) for
+    the K samples of largest r_i, negatives (i, FN(i)) for the K samples of smallest f_i
+    (:func:`ssiam_neighbours`, which takes ``frame`` and ``dist``); ties keep index order
+    (MATLAB's stable sort)."""
+    k_pos, k_neg = _split(n_pairs)
+    nn, r, fn, f = ssiam_neighbours(x, frame, dist)
+    pos = torch.argsort(-r, stable=True)[:k_pos]
+    neg = torch.argsort(f, stable=True)[:k_neg]
+    return _pack(pos, nn[pos], neg, fn[neg])
+
+
+def tsiam_pairs(x: torch.Tensor, track: torch.Tensor, negatives: sp.spmatrix,
+                frame: torch.Tensor | None = None, n_pairs: int = 128,
+                dist: FaceDistances | None = None) -> Pairs:
+    """TSiam mining (4.5) on one draw: ``x`` (B, D) features, ``track`` (B,) track row of each
+    candidate, ``negatives`` from :func:`tsiam_negative_tracks`, ``frame`` (B,) optional global
+    frame ids (a frame drawn twice is never paired with itself; ``dist``: the title's
+    :class:`FaceDistances` they index).
+
+    Positives: two frames of the same track; negatives: frames of two tracks related by
+    ``negatives``. Which pairs are kept is not documented [unverified]; this follows SSiam's
+    hardness rule: each candidate's farthest same-track frame (distance r_i) and nearest
+    negative frame (f_i); the K of largest r_i and the K of smallest f_i, ties in index order.
+    Fewer pairs come back when the draw holds fewer candidates. Blockwise over the distinct
+    frames, as :func:`ssiam_neighbours`.
+    """
+    if x.ndim != 2 or track.shape != (x.shape[0],):
+        raise ValueError("x must be (B, D) and track (B,)")
+    k_pos, k_neg = _split(n_pairs)
+    dist, d, keys = _as_dist(x, frame, dist)
+    u = len(d.faces)
+    tr = track.detach().cpu().numpy().astype(np.int64)[d.first]      # track of each frame
+    ut, tinv = np.unique(tr, return_inverse=True)
+    rel = np.asarray(negatives[ut][:, ut].toarray(), bool)           # (T', T') bool
+    out = np.empty((4, u))
+    for s in range(0, u, BLOCK_ROWS):
+        rows = np.arange(s, min(s + BLOCK_ROWS, u))
+        r_ = np.arange(len(rows))
+        v = dist.block(rows if keys is None else keys[rows], keys)
+        same = tinv[rows][:, None] == tinv[None, :]
+        same[r_, rows] = False                                       # never the frame itself
+        vp = np.where(same, v, -np.inf)
+        pj = vp.argmax(1)                                            # first of the farthest
+        vn = np.where(rel[tinv[rows]][:, tinv], v, np.inf)
+        nj = vn.argmin(1)                                            # first of the nearest
+        out[:, rows] = d.first[pj], vp[r_, pj], d.first[nj], vn[r_, nj]
+    inv = d.inv
+    pj, r = torch.from_numpy(out[0][inv].astype(np.int64)), torch.from_numpy(out[1][inv])
+    nj, f = torch.from_numpy(out[2][inv].astype(np.int64)), torch.from_numpy(out[3][inv])
     pos = torch.argsort(-r, stable=True)[:k_pos]
     pos = pos[torch.isfinite(r[pos])]
     negs = torch.argsort(f, stable=True)[:k_neg]

@@ -1,0 +1,175 @@
+"""The vectorised data path against a per-track Python reference (the former implementation's
+logic), Arrow decoding edge cases, the prefetch thread and the worker's collated batches."""
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from training import registry
+from training.data import (Collated, _vectors, build_samples, collate, iter_titles, list_shards,
+                           prefetched, read_title, stream_batches)
+from training.synthetic import SyntheticSpec, write_dataset
+from training.train import worker_batches
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    # short tracks (< 3 faces: no tracklets) and invalid tracks, so every fallback is exercised
+    spec = SyntheticSpec(dim=8, tracks_per_title=50, faces_per_track=(2, 5), invalid_fraction=0.1)
+    return write_dataset(str(tmp_path_factory.mktemp("dp")), 3, spec, seed=11)
+
+
+def _table(dataset):
+    return pa.concat_tables(iter_titles(list_shards(dataset["shards"])))
+
+
+def _reference(table: pa.Table, kind: str) -> dict:
+    """Per-track Python transcription of the sample rules (module docstring of training.data)."""
+    rows = table.to_pylist()
+    keep = [i for i, r in enumerate(rows) if r["is_valid"] and r["tracklets"] is not None]
+    titles = sorted({rows[i]["title_id"] for i in keep})
+    key_to_sample = {(rows[i]["title_id"], rows[i]["track_id"]): s for s, i in enumerate(keep)}
+    key_to_row = {(r["title_id"], r["track_id"]): i for i, r in enumerate(rows)}
+    views = np.array([rows[i]["tracklets"] for i in keep], np.float32)
+    out = dict(views=views, title=np.array([titles.index(rows[i]["title_id"]) for i in keep]),
+               track_id=np.array([rows[i]["track_id"] for i in keep]),
+               first_frame=np.array([rows[i]["frame_idx"][0] for i in keep]))
+    if kind == "triplets":
+        neg, ok = [], []
+        for s, i in enumerate(keep):
+            h, t = rows[i]["hard_negative"], rows[i]["title_id"]
+            if h is not None and (t, h) in key_to_sample:
+                neg.append(views[key_to_sample[(t, h)], 0])
+            elif h is not None and (t, h) in key_to_row:
+                neg.append(np.array(rows[key_to_row[(t, h)]]["mean_embedding"], np.float32))
+            else:
+                ok.append(False)
+                continue
+            ok.append(True)
+        ok = np.array(ok, bool)
+        out = {k: v[ok] for k, v in out.items()}
+        out["negative"] = np.array(neg, np.float32)
+    if kind == "clusters":
+        ptr, idx = [0], []
+        for i in keep:
+            t = rows[i]["title_id"]
+            idx += [key_to_sample[(t, p)] for p in rows[i]["cannot_link"]
+                    if (t, p) in key_to_sample]
+            ptr.append(len(idx))
+        out["labels"] = np.arange(len(keep))
+        out["cl_ptr"], out["cl_idx"] = np.array(ptr), np.array(idx, np.int64)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["views", "triplets", "clusters"])
+def test_vectorised_samples_match_the_per_track_reference(dataset, kind):
+    whole = _table(dataset)
+    shuffled = whole.take(pa.array(np.random.default_rng(0).permutation(whole.num_rows)))
+    for table in (whole, shuffled, read_title(list_shards(dataset["shards"])[1])):
+        got, want = build_samples(table, kind).arrays, _reference(table, kind)
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        views = collate(build_samples(table, kind), np.arange(len(want["views"])))["views"]
+        assert views.dtype == torch.float32 and views.is_contiguous()
+        np.testing.assert_array_equal(views.numpy(), want["views"])
+    # the fallbacks happened: negatives taken from a mean, partners dropped (invalid / no tracklets)
+    ref = _reference(whole, "triplets")
+    rows = whole.to_pylist()
+    assert len(ref["views"]) < sum(r["is_valid"] for r in rows)
+
+
+def test_vectors_decodes_sliced_chunked_and_null_columns():
+    rng = np.random.default_rng(0)
+    vals = rng.normal(size=(7, 3, 4)).astype(np.float32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(vals.ravel()), 4)
+    outer = pa.FixedSizeListArray.from_arrays(inner, 3)
+    np.testing.assert_array_equal(_vectors(outer, 4), vals)
+    np.testing.assert_array_equal(_vectors(outer.slice(2, 4), 4), vals[2:6])
+    chunked = pa.chunked_array([outer.slice(0, 3), outer.slice(3, 4)])
+    np.testing.assert_array_equal(_vectors(chunked, 4), vals)
+    with_null = pa.array([v.tolist() if i != 1 else None for i, v in enumerate(vals)],
+                         outer.type)
+    got = _vectors(with_null, 4)
+    assert got.shape == (7, 3, 4)
+    np.testing.assert_array_equal(np.delete(got, 1, 0), np.delete(vals, 1, 0))
+    assert np.shares_memory(_vectors(outer, 4), np.asarray(outer.values.values))   # zero copy
+
+
+def test_read_title_sorts_only_unsorted_shards(dataset, tmp_path):
+    path = list_shards(dataset["shards"])[0]
+    t = pq.read_table(path)
+    ids = t["track_id"].to_numpy()
+    assert (np.diff(ids) > 0).all()                       # the writer's order
+    pq.write_table(t.take(pa.array(np.arange(len(ids))[::-1])), tmp_path / "rev.parquet")
+    back = read_title(str(tmp_path / "rev.parquet"))
+    np.testing.assert_array_equal(back["track_id"].to_numpy(), ids)
+    assert back.equals(read_title(path))
+
+
+def test_prefetched_keeps_order_raises_and_stops():
+    assert list(prefetched(iter(range(50)), 3)) == list(range(50))
+
+    def boom():
+        yield 1
+        raise RuntimeError("producer failed")
+    it = prefetched(boom())
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="producer failed"):
+        next(it)
+
+    made = []
+
+    def endless():
+        for i in range(10_000):
+            made.append(i)
+            yield i
+    before = threading.active_count()
+    it = prefetched(endless(), 2)
+    assert [next(it) for _ in range(5)] == list(range(5))
+    it.close()                                           # the consumer leaves early
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before             # the producer thread ended
+    assert len(made) <= 5 + 2 + 2                          # it stopped, bounded read-ahead
+
+
+@pytest.mark.parametrize("head", ["bcl", "imptriplet", "mvcorr"])
+def test_worker_batches_are_the_stream_collated(dataset, head):
+    spec = registry.get(head)
+    hp = spec.hparams(batch_size=32)
+    paths = list_shards(dataset["shards"])
+    infos = [dict(path=p) for p in paths]
+    got = list(worker_batches(spec.samples, infos, hp, np.random.default_rng(4)))
+    want = [(collate(s, i), len(i)) for s, i in stream_batches(
+        iter_titles(paths, spec.samples.columns), spec.samples, 32, np.random.default_rng(4))]
+    assert len(got) == len(want) and all(isinstance(b, Collated) for b in got)
+    for b, (tensors, n) in zip(got, want):
+        assert b.n == n and b.tensors.keys() == tensors.keys()
+        for k in tensors:
+            assert torch.equal(b.tensors[k], tensors[k]), k
+    inline = list(worker_batches(spec.samples, infos, hp, np.random.default_rng(4), prefetch=0))
+    assert [b.n for b in inline] == [b.n for b in got]
+
+
+def test_rows_index_like_the_concatenated_array():
+    from training.data import _Rows
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 3, 2)), rng.normal(size=(4, 3, 2))
+    whole = np.concatenate([a, b[[3, 0, 2]]])
+    rows = _Rows.concat([a, _Rows([b], np.zeros(3, np.int32), np.array([3, 0, 2]))])
+    assert len(rows) == 8 and rows.shape == (8, 3, 2)
+    idx = np.array([7, 0, 5, 5, 2])
+    np.testing.assert_array_equal(rows[idx], whole[idx])
+    np.testing.assert_array_equal(rows[idx, 0], whole[idx, 0])
+    np.testing.assert_array_equal(rows[6, 1], whole[6, 1])
+    np.testing.assert_array_equal(rows[2:6], whole[2:6])
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    sub = rows.subset(np.array([6, 5]))                 # only b's rows: a is let go
+    assert len(sub.bases) == 1 and sub.bases[0] is b
+    np.testing.assert_array_equal(np.asarray(sub), whole[[6, 5]])
