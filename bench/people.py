@@ -111,22 +111,9 @@ def title_units(means, title, pairs, ident=None):
             np.asarray(negs, np.float32))
 
 
-def sparse_bcubed(y: np.ndarray, c: np.ndarray) -> float:
-    """B-cubed F1 from the non-zero cells of the contingency table (training.metrics builds
-    the dense table: identities x clusters, 6 GB at 1M tracks)."""
-    size_y = np.bincount(np.unique(y, return_inverse=True)[1])
-    size_c = np.bincount(np.unique(c, return_inverse=True)[1])
-    yi = np.unique(y, return_inverse=True)[1]
-    ci = np.unique(c, return_inverse=True)[1]
-    cell, n_ij = np.unique(np.stack([yi, ci], 1), axis=0, return_counts=True)
-    n = len(y)
-    p = float((n_ij ** 2 / size_c[cell[:, 1]]).sum() / n)
-    r = float((n_ij ** 2 / size_y[cell[:, 0]]).sum() / n)
-    return 2 * p * r / (p + r)
-
-
 def scores(ident, people, title) -> dict:
     from sklearn.metrics import normalized_mutual_info_score
+    from training.metrics import bcubed
     _, p = np.unique(people, return_inverse=True)
     order = np.lexsort((ident, p))
     ps, ids = p[order], ident[order]
@@ -134,7 +121,7 @@ def scores(ident, people, title) -> dict:
     pure = np.array([len(np.unique(ids[a:b])) == 1 for a, b in zip(cut, np.r_[cut[1:], len(ps)])])
     span = np.array([len(np.unique(title[order][a:b])) > 1
                      for a, b in zip(cut, np.r_[cut[1:], len(ps)])])
-    f = sparse_bcubed(ident, p)
+    _, _, f = bcubed(ident, p)
     return dict(people=int(p.max()) + 1, identities=int(len(np.unique(ident))),
                 pcr=round((p.max() + 1) / len(np.unique(ident)), 3),
                 nmi=round(float(normalized_mutual_info_score(ident, p)), 4),
