@@ -123,9 +123,9 @@ def prototypes(store: Store, rows: list[tuple], ov, dim: int):
     return ids, mat, [titles[p] for p in ids]
 
 
-def title_assignments(store: Store, tid: str, linked: dict, ov) -> pa.Table:
-    """One title's assignment table: each valid track's person (links, then corrections)."""
-    st = store.title_state(tid, ["track_id", "unit", "confidence"])
+def title_assignments(st: pa.Table, tid: str, linked: dict, ov) -> pa.Table:
+    """One title's assignment table from its state ``st`` (track_id, unit, confidence): each
+    valid track's person (links, then corrections)."""
     track_ids, units = st["track_id"].to_numpy(), st["unit"].to_numpy()
     person, status, sim = [], [], []
     for track, u in zip(track_ids.tolist(), units.tolist()):
@@ -156,13 +156,17 @@ def render(store: Store, head: dict) -> dict:
             linked[(tid, u)] = (pid, s)
     agg: dict[int, dict] = {}
     for tid in sorted(head["titles"]):
-        table = title_assignments(store, tid, linked, ov)
+        st = store.title_state(tid, ["track_id", "unit", "confidence", "start_s", "end_s"])
+        table = title_assignments(st, tid, linked, ov)
         store.write_table(store.assign_rel(tid), table)
-        spans = store.title_state(tid, ["start_s", "end_s"])
-        start, end = spans["start_s"].to_numpy(), spans["end_s"].to_numpy()
+        start, end = st["start_s"].to_numpy(), st["end_s"].to_numpy()
         person = table["person_id"].to_numpy(zero_copy_only=False)
-        for p in {int(x) for x in person if x == x and x is not None}:
-            rows = np.flatnonzero(person == p)
+        named = np.flatnonzero(~np.isnan(person)) if person.dtype.kind == "f" else \
+            np.arange(len(person))
+        order = named[np.argsort(person[named], kind="stable")]    # rows grouped by person
+        cuts = np.flatnonzero(np.diff(person[order])) + 1
+        for rows in np.split(order, cuts) if len(order) else []:
+            p = int(person[rows[0]])
             a = agg.setdefault(p, dict(n=0, titles=[], seconds=0.0))
             a["n"] += len(rows)
             a["titles"].append(tid)
