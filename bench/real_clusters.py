@@ -3,6 +3,7 @@ adapting the embedding, scored on the labelled real TV clips of ``../shared/data
 
     python bench/real_clusters.py [--cache DIR] [--titles NAME ...] [--methods NAME ...]
                                   [--adapt NAME ...] [--known-k] [--json PATH]
+                                  [--heads HEAD ...] [--transductive HEAD ...] [--seeds N]
 
 1. Harvests the clips with the face pack (``../shared/models/face-pack``: SCRFD-2.5G +
    MobileFaceNet-128, the project's default settings) into ``--cache`` (default
@@ -19,7 +20,10 @@ adapting the embedding, scored on the labelled real TV clips of ``../shared/data
 4. Leave one clip out: the only setting chosen on the clips (``auto``'s prior merge distance,
    :data:`training.autocluster.PRIOR_DISTANCE`) is re-chosen on the other clips for each clip
    and the held-out clip is reported with it (row ``auto (LOO)``).
-5. The confidence of ``cluster``'s output against correctness (a track is correct when its
+5. ``--heads``: each head trained (Ray Train) on the *other* clips' unlabelled harvests;
+   ``--transductive``: each head trained on the clip itself (``training.transductive``, the
+   seed papers' per-episode use), ``--seeds`` runs each; every method then runs through it.
+6. The confidence of ``cluster``'s output against correctness (a track is correct when its
    cluster's majority identity is its own): a reliability table per confidence bin.
 
 Prints measured figures; asserts nothing.
@@ -199,19 +203,47 @@ def train_heads(clips: list[Clip], paths: list[str], heads, cache: str, epochs: 
 
 
 def head_rows(clips: list[Clip], runs: dict, heads, methods, known_k: bool) -> list[dict]:
+    """Rows of the heads trained on the other clips (``runs``: :func:`train_heads`)."""
     from training.train import load_head
     rows = []
     for head in heads:
-        loaded = [load_head(runs[(head, c.name)]) for c in clips]
-        todo = [(m, None) for m in methods] + \
-            ([(m, "K") for m in ("hac-k", "c1c")] if known_k else [])
-        for m, k in todo:
-            preds = [run_method(m, c, model, k=c.people if k else None, head=name)
-                     for c, (name, model, _) in zip(clips, loaded)]
-            rows.append(dict(adapt=f"{head} (other clips)",
-                             method=m + (" (K known)" if k else ""),
-                             clips=[score([c], [p]) for c, p in zip(clips, preds)],
-                             pooled=score(clips, preds)))
+        loaded = [load_head(runs[(head, c.name)])[:2] for c in clips]
+        rows += model_rows(clips, loaded, f"{head} (other clips)", methods, known_k)
+    return rows
+
+
+def model_rows(clips: list[Clip], loaded: list[tuple], adapt: str, methods,
+               known_k: bool) -> list[dict]:
+    """Rows of every method (and the known-K ones) through one model per clip (``loaded``:
+    (head name, model) per clip)."""
+    rows = []
+    todo = [(m, None) for m in methods] + ([(m, "K") for m in ("hac-k", "c1c")] if known_k else [])
+    for m, k in todo:
+        preds = [run_method(m, c, model, k=c.people if k else None, head=name)
+                 for c, (name, model) in zip(clips, loaded)]
+        rows.append(dict(adapt=adapt, method=m + (" (K known)" if k else ""),
+                         clips=[score([c], [p]) for c, p in zip(clips, preds)],
+                         pooled=score(clips, preds)))
+    return rows
+
+
+def transductive_rows(clips: list[Clip], paths: list[str], heads, methods, known_k: bool,
+                      epochs: int | None, seeds: int = 1, log=print) -> list[dict]:
+    """Each head trained on each clip's own unlabelled harvest (``training.transductive``: no
+    labels, no other title), then every method on that clip through it; ``seeds`` > 1 adds
+    one row set per seed (the spread says what one training run's luck moves)."""
+    from training.transductive import fit_title
+    rows = []
+    for head in heads:
+        for seed in range(seeds):
+            loaded = []
+            for c, path in zip(clips, paths):
+                t0 = time.perf_counter()
+                loaded.append((head, fit_title(head, path, epochs, seed=seed)))
+                log(f"{head} trained on {c.name} itself (seed {seed}) in "
+                    f"{time.perf_counter() - t0:.0f} s")
+            tag = f"{head} (the clip itself{f', seed {seed}' if seeds > 1 else ''})"
+            rows += model_rows(clips, loaded, tag, methods, known_k)
     return rows
 
 
@@ -378,6 +410,11 @@ def main(argv=None) -> None:
     ap.add_argument("--heads", nargs="*", default=[],
                     help="also train these heads on the other clips (Ray Train) and score them")
     ap.add_argument("--epochs", type=int, default=30, help="most epochs of a --heads run")
+    ap.add_argument("--transductive", nargs="*", default=[],
+                    help="also train these heads on each clip itself (no labels) and score them")
+    ap.add_argument("--transductive-epochs", type=int, default=None,
+                    help="epochs of a --transductive fit (default: training.transductive's)")
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds of --transductive")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     paths = harvest(args.real, args.cache, args.titles)
@@ -392,6 +429,9 @@ def main(argv=None) -> None:
         cache = args.cache or os.path.expanduser("~/.cache/movieface/real")
         runs = train_heads(clips, paths, args.heads, cache, args.epochs)
         rows += head_rows(clips, runs, args.heads, args.methods, args.known_k)
+    if args.transductive:
+        rows += transductive_rows(clips, paths, args.transductive, args.methods, args.known_k,
+                                  args.transductive_epochs, args.seeds)
     if len(clips) > 1 and not args.no_loo:
         loo = leave_one_out(clips)
         rows.append(loo)

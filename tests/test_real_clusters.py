@@ -82,3 +82,34 @@ def test_c1c_cap_on_a_real_title(poker):
     assert len(set(chain)) == clip.tracks.n_tracks
     assert len(set(diameter)) < clip.tracks.n_tracks
     assert (diameter[pairs[:, 0]] != diameter[pairs[:, 1]]).all()
+
+
+def test_transductive_head_trains_on_the_title_it_clusters(poker):
+    """``training.transductive.fit_title``: a head trained on the poker clip's own unlabelled
+    tracks (SSiam: pairs mined inside the title) moves from its initialisation, its loss falls,
+    the same seed gives the same model, and the benchmark scores every method through it."""
+    import torch
+    from training.registry import get as head_spec
+    from training.transductive import fit_title
+    bench, _, clip = poker
+    (shard,) = bench.harvest(cache=str(poker[1]), titles=["tv_poker"])
+    lines = []
+    model = fit_title("ssiam", shard, epochs=3, seed=0, log=lines.append)
+    assert len(lines) == 3
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines]
+    assert losses[-1] < losses[0]
+    torch.manual_seed(0)
+    init = head_spec("ssiam").model(clip.tracks.means.shape[1])
+    assert not torch.equal(init.fc1.weight, model.fc1.weight)
+    again = fit_title("ssiam", shard, epochs=3, seed=0)
+    assert torch.equal(again.fc1.weight, model.fc1.weight)
+    rows = bench.transductive_rows([clip], [shard], ["ssiam"], ["auto", "finch"], False, 2,
+                                   log=lambda *_: None)
+    assert [r["method"] for r in rows] == ["auto", "finch"]
+    assert {r["adapt"] for r in rows} == {"ssiam (the clip itself)"}
+    for r in rows:
+        (s,) = r["clips"]
+        assert 1 <= s["n_clusters"] <= int(clip.labelled.sum())
+    emb = head_spec("ssiam").embed_tracks(model, clip.tracks)
+    assert emb.shape == (clip.tracks.n_tracks, 512)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0)
