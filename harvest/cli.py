@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         return card_main(args.url, args.out, license=args.license, pretty_name=args.pretty_name,
                          contact=args.contact)
     if args.command == "report":
-        from harvest.html_report import report_main
+        from harvest.reports.title import report_main
         return report_main(args.url, args.out, tracks_per_page=args.tracks_per_page)
     return EXIT_USAGE
 

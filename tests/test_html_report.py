@@ -232,7 +232,7 @@ def test_crops_none_harvest_and_a_failed_title_still_get_a_report(harvested, chr
 
 
 def test_evaluate_and_cluster_reports_in_a_browser(harvested, chrome, tmp_path):
-    from harvest.html_report import MAX_STRIP
+    from harvest.reports.page import MAX_STRIP
     from training.cli import cluster_main, evaluate_main
     from training.cluster_titles import META_KEY
     root, title_of = harvested
@@ -278,10 +278,10 @@ def test_evaluate_and_cluster_reports_in_a_browser(harvested, chrome, tmp_path):
 
 
 def test_long_strips_keep_the_seeds_and_spread_the_rest():
-    from harvest.html_report import MAX_STRIP, THUMB, _pick, thumbnail
-    assert _pick(5, {1}) == [0, 1, 2, 3, 4]
+    from harvest.reports.page import MAX_STRIP, THUMB, pick, thumbnail
+    assert pick(5, {1}) == [0, 1, 2, 3, 4]
     for n, keep in ((MAX_STRIP + 1, {3}), (1000, {0, 500, 999}), (10_000, {17, 18, 9000})):
-        shown = _pick(n, keep)
+        shown = pick(n, keep)
         assert len(shown) == MAX_STRIP and shown == sorted(set(shown)) and keep <= set(shown)
         assert shown[0] == 0 and shown[-1] == n - 1                       # both ends
         assert max(np.diff(shown)) <= 2 * n / (MAX_STRIP - len(keep))     # evenly spread
@@ -290,7 +290,8 @@ def test_long_strips_keep_the_seeds_and_spread_the_rest():
 
 
 def test_galleries_paginate_without_splitting_a_cluster(tmp_path):
-    from harvest.html_report import MAX_STRIP, Writer, gallery_pages, thumbnail
+    from harvest.reports.galleries import gallery_pages
+    from harvest.reports.page import MAX_STRIP, Writer, thumbnail
     sizes = [3, 1, MAX_STRIP + 6, 2]
     clusters, start = [], 0
     for k, n in enumerate(sizes):
@@ -312,7 +313,7 @@ def test_galleries_paginate_without_splitting_a_cluster(tmp_path):
 def test_cluster_gallery_labels_each_track_with_a_link_to_its_strip(tmp_path):
     """Galleries show each track's id on its thumbnail, a link to the track's strip (the
     harvest report's pages of the title, written beside the galleries). No Ray, no browser."""
-    from harvest.html_report import cluster_report
+    from harvest.reports.galleries import cluster_report
     from training.synthetic import SyntheticSpec, write_dataset
     data = write_dataset(str(tmp_path / "syn"), 1, SyntheticSpec(dim=8, tracks_per_title=14),
                          seed=2, labels=False)

@@ -151,9 +151,9 @@ def cluster_one(info: dict, output: str, cfg: dict) -> dict:
 
 
 def write_report(shards: str, output: str, report: str, titles=None) -> str:
-    """HTML galleries (``harvest.html_report.cluster_report``) of the titles of ``shards`` that
+    """HTML galleries (``harvest.reports.galleries.cluster_report``) of the titles of ``shards`` that
     have an output file; -> URL of the report's index.html."""
-    from harvest.html_report import cluster_report
+    from harvest.reports.galleries import cluster_report
     infos = resolve_titles(shard_info(shards), titles) if titles else shard_info(shards)
     items = []
     for info in infos:

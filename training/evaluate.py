@@ -102,7 +102,7 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
     ``cannot_link`` turns on cannot-link HAC for the methods that offer it. ``hac-threshold``
     uses the head's own stopping rule (BCL) if it has one, else a height fitted on
     ``val_titles`` (else leave-one-title-out) to match their identity counts. ``report``: a
-    directory/URL where the predicted clusters are drawn as galleries (``harvest.html_report``)."""
+    directory/URL where the predicted clusters are drawn as galleries (``harvest.reports.galleries``)."""
     from training.train import load_head
 
     methods = [get_method(m) for m in methods]
@@ -144,7 +144,7 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
         if done:
             records.append(_record("pooled", method.name, head_name, *map(list, zip(*done))))
     if report:
-        from harvest.html_report import evaluation_report
+        from harvest.reports.galleries import evaluation_report
         log(f"report: {evaluation_report(report, drawn, records)}")
     return records
 

@@ -84,10 +84,10 @@ def export(store_url: str, to: str) -> dict:
 
 
 def person_report(store_url: str, shards: str, out: str, max_tracks: int = 24) -> str:
-    """Person pages spanning titles (``harvest.html_report`` building blocks): per person,
+    """Person pages spanning titles (``harvest.reports`` building blocks): per person,
     per title, a strip of the representative crops of its most confident tracks."""
-    from harvest.html_report import (INDEX, Writer, esc, href, page_html,
-                                     representative_thumbs, sprite_bytes, sprite_html)
+    from harvest.reports.galleries import representative_thumbs
+    from harvest.reports.page import INDEX, Writer, esc, href, page_html, sprite_bytes, sprite_html
     from training.data import shard_info
     store = Store(store_url)
     hdr = store.header()
