@@ -91,6 +91,10 @@ class HeadSpec:
     loss_kwargs: dict = field(default_factory=dict)
     embed_tracks: Callable = mean_track_embedding     # (model, TitleTracks) -> (T, E)
     stop_rule: Callable | None = None  # loss -> (HAC threshold, linkage): the head's own cut
+    loss_metrics: Callable = lambda loss: {}    # loss -> extra per-epoch metrics (BCL: radius)
+    # a checkpoint format of the head's own paper: (is_it(state dict), load(path) -> (model,
+    # loss)); ``load_head`` reads such a file as this head (the published BCL checkpoint)
+    published: tuple[Callable, Callable] | None = None
 
     def hparams(self, **overrides) -> dict:
         """Defaults with non-None overrides applied (unknown names raise TypeError)."""
@@ -124,7 +128,9 @@ register("bcl", HeadSpec(
                      radius_freeze_epochs=2, radius_lr_mult=0.1),
     model_kwargs=dict(input_norm=True),     # unit-norm shard embeddings (heads/bcl.py)
     loss_kwargs=dict(init_bias=0.1, alpha_pos=4.0, alpha_neg=1.0, eps=0.05),
-    stop_rule=lambda loss: (loss.hac_threshold(), "complete")))     # 4b, methods.md 1.5
+    stop_rule=lambda loss: (loss.hac_threshold(), "complete"),      # 4b, methods.md 1.5
+    loss_metrics=lambda loss: {"radius_b": float(loss.b.detach())},
+    published=(bcl_head.is_published_checkpoint, bcl_head.load_published)))
 SIAMESE = HParams(lr=1e-3, batch_size=128, weight_decay=5e-4, max_epochs=15)
 register("ssiam", HeadSpec(
     model=siamese_head.SiameseMLP, loss=ContrastiveLoss, batch_loss=siamese_head.batch_loss,
@@ -134,6 +140,11 @@ register("tsiam", HeadSpec(
     model=siamese_head.SiameseMLP, loss=ContrastiveLoss, batch_loss=siamese_head.batch_loss,
     samples=data.TSIAM_FRAMES, defaults=SIAMESE, loss_kwargs=dict(margin=1.0),
     embed_tracks=siamese_track_embedding))
+
+
+def published_head(state) -> str | None:
+    """The head whose paper's checkpoint format ``state`` (a loaded file) is, if any."""
+    return next((n for n, h in HEADS.items() if h.published and h.published[0](state)), None)
 
 
 def get(name: str) -> HeadSpec:

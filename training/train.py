@@ -264,8 +264,7 @@ def train_loop(config: dict) -> None:
                        val_seconds=time.perf_counter() - t0 - t_train,
                        worker_peak_rss_mb=rss, lr=optimizer.param_groups[0]["lr"])
         obj = _unwrap(objective)
-        if hasattr(obj.loss, "b"):
-            metrics["radius_b"] = float(obj.loss.b.detach())
+        metrics.update(registry.get(head).loss_metrics(obj.loss))
         state["history"].append(metrics)
         if rank == 0:
             log.info(f"[{head}] epoch {epoch + 1}/{hp['max_epochs']} train {train_loss:.5f} "
@@ -326,10 +325,9 @@ def load_head(path: str):
     """A trained head for inference -> (name, model in eval mode, loss).
 
     ``path``: a checkpoint directory written by :func:`train_loop` (local or URL), its
-    ``state.pt``, a run directory (:func:`resolve_head`), or the published BCL checkpoint file.
+    ``state.pt``, a run directory (:func:`resolve_head`), or a checkpoint its paper published
+    (``HeadSpec.published``: the BCL file).
     """
-    from training.heads.bcl import is_published_checkpoint, load_published
-
     import fsspec
     path = resolve_head(path)
     fs, p = fsspec.core.url_to_fs(path)
@@ -337,9 +335,10 @@ def load_head(path: str):
         p = p.rstrip("/") + "/" + STATE_FILE
     with fs.open(p, "rb") as f:
         saved = torch.load(f, map_location="cpu", weights_only=False)
-    if is_published_checkpoint(saved):
-        model, loss = load_published(path)
-        return "bcl", model, loss
+    published = registry.published_head(saved)
+    if published is not None:
+        model, loss = registry.get(published).published[1](path)
+        return published, model, loss
     obj = Objective(saved["head"], saved["in_dim"], saved["model_kwargs"])
     obj.load_state_dict(saved["objective"])
     return saved["head"], obj.model.eval(), obj.loss
