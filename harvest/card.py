@@ -14,7 +14,6 @@ import dataclasses
 import fnmatch
 import json
 import posixpath
-from types import SimpleNamespace
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 from harvest import schema as S
 from harvest import storage
 from harvest.inspect_output import human_size
-from harvest.config import HarvestConfig
+from harvest.config import HarvestConfig, model_digest
 
 CARD_FILE = "README.md"
 TASK_CATEGORIES = ("image-feature-extraction",)
@@ -80,12 +79,10 @@ def default_config_matches(setup: dict) -> bool:
     """True when the shards' config hash is that of a HarvestConfig with the recorded settings
     (every setting since pipeline 1.2.0; older shards recorded a few, the rest taken as default),
     backend and model files: then every value shown is the one used."""
-    from harvest.worker import config_hash     # the one hashing rule (loads the pipeline)
     try:
         config = HarvestConfig(**{k: setup[k] for k in SETTINGS if setup.get(k) is not None})
-        files = [SimpleNamespace(sha256=setup["detector_sha256"]),
-                 SimpleNamespace(sha256=setup["embedder_sha256"])]
-        return config_hash(config, files, setup["backend"])[1] == setup["config_hash"]
+        digest = model_digest([setup["detector_sha256"], setup["embedder_sha256"]])
+        return config.content_hash(setup["backend"], digest) == setup["config_hash"]
     except (KeyError, ValueError, TypeError):
         return False
 

@@ -25,6 +25,13 @@ def help_of(cls, name: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
+def model_digest(shas) -> str:
+    """The digest of a backend's model files (their sha256 values, in the backend's order) that
+    enters the config hash (``HarvestConfig.content_hash``): the one rule, for the worker that
+    hashes the files it loaded and for the card that re-checks a recorded hash."""
+    return hashlib.sha256("".join(shas).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class HarvestConfig:
     backend: str = _opt("auto", "face backend: auto (the first usable one) or a name in "

@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import glob
-import hashlib
 import os
 import time
 import traceback
 
 from harvest import storage
-from harvest.config import HarvestConfig, RunOptions
+from harvest.config import HarvestConfig, RunOptions, model_digest
 from harvest.decode import DecodeError
 from harvest.faces.base import file_sha256
 from harvest.faces.registry import load_backend, model_files, resolve, stage_models
@@ -34,7 +33,7 @@ def config_hash(config: HarvestConfig, files: list | None = None,
     if files is None:
         backend, model_dir = resolve(config.backend, config.models)
         files = model_files(backend, model_dir)
-    return backend, config.content_hash(backend, _digest(m.sha256 for m in files))
+    return backend, config.content_hash(backend, model_digest(m.sha256 for m in files))
 
 
 def requested_config_hash(config: HarvestConfig) -> str:
@@ -45,11 +44,7 @@ def requested_config_hash(config: HarvestConfig) -> str:
     if config.models:
         pack = stage_models(config.models)      # a remote pack: the local copy (made once)
         files = sorted(glob.glob(os.path.join(pack, "*.onnx")))
-    return config.content_hash(config.backend, _digest(file_sha256(f) for f in files))
-
-
-def _digest(shas) -> str:
-    return hashlib.sha256("".join(shas).encode()).hexdigest()[:16]
+    return config.content_hash(config.backend, model_digest(file_sha256(f) for f in files))
 
 
 def new_record(source: Source, cfg_hash: str, backend: str, requested_hash: str) -> dict:
