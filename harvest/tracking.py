@@ -63,7 +63,7 @@ class Track:
 
 class TrackLinker:
     """``new_faces(track_id)`` makes a new track's face container (default: a list); the caller
-    may store faces compactly (``harvest.pipeline.OpenFaces``) instead of one object per face."""
+    may store faces compactly (``harvest.tracks.OpenFaces``) instead of one object per face."""
 
     def __init__(self, iou_threshold: float = 0.3, max_gap: int = 12, new_faces=None):
         self.iou_threshold, self.max_gap = iou_threshold, max_gap

@@ -72,7 +72,7 @@ def run_title(frames: int, scratch: str) -> tuple[int, int]:
     """Stream a synthetic title through tracking, mining and the shard writer -> (faces, tracks)."""
     from harvest import shard
     from harvest.config import HarvestConfig
-    from harvest.pipeline import TitleTracker
+    from harvest.tracks import TitleTracker
     shard.FLUSH_BYTES = SMALL_FLUSH
     tracker = TitleTracker(HarvestConfig(), 25.0, DIM, scratch)
     for batch in long_title(frames, DIM):
@@ -151,7 +151,7 @@ def test_a_long_open_track_holds_its_embeddings_not_its_crops(tmp_path):
     import pyarrow.parquet as pq
 
     from harvest.config import HarvestConfig
-    from harvest.pipeline import TitleTracker
+    from harvest.tracks import TitleTracker
     frames, dim, jpeg = 20_000, 128, 3_000
     tracker = TitleTracker(HarvestConfig(crops="sample", crops_per_track=16), 25.0, dim,
                            str(tmp_path))
@@ -191,7 +191,7 @@ def test_a_failed_title_leaves_no_crop_spool(tmp_path):
     import os
 
     from harvest.config import HarvestConfig
-    from harvest.pipeline import TitleTracker
+    from harvest.tracks import TitleTracker
     tracker = TitleTracker(HarvestConfig(crops="all"), 25.0, 64, str(tmp_path))
     for batch in one_face_shot(300, 64, 100, batch_frames=100):
         tracker.add(batch)

@@ -223,9 +223,10 @@ def batch_reference(faces, config, fps):
 def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
     import pyarrow.parquet as pq
     from harvest.config import HarvestConfig
-    from harvest.pipeline import FaceBatch, TitleTracker
+    from harvest.pipeline import FaceBatch
+    from harvest.tracks import TitleTracker
     from harvest.validate import validate_table
-    from harvest.pipeline import crop_positions
+    from harvest.tracks import crop_positions
     from harvest.shard import encode_crops
     bounds, faces = synthetic_faces(seed)
     config, fps = HarvestConfig(min_track_seconds=0.4, quality_mad_k=1.0, crops="sample",
@@ -277,7 +278,8 @@ def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
 
 def test_streamed_shard_bytes_are_deterministic(tmp_path):
     from harvest.config import HarvestConfig
-    from harvest.pipeline import FaceBatch, TitleTracker
+    from harvest.pipeline import FaceBatch
+    from harvest.tracks import TitleTracker
     bounds, faces = synthetic_faces(5, frames=150)
     meta = dict(title_id="t", source_uri="x", fps=25.0, width=640, height=360, frame_count=150,
                 backend="b", detector_file="", detector_sha256="", embedder_file="",

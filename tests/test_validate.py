@@ -46,7 +46,7 @@ def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, v
     else:
         members, tracklets = [], None
     from harvest.miners.hard_positive import tracklet_seeds
-    from harvest.pipeline import crop_positions
+    from harvest.tracks import crop_positions
     seeds = tracklet_seeds(np.asarray(emb, np.float32), members)
     positions = crop_positions(n, META["crops"], META["crops_per_track"], seeds).tolist()
     from harvest.tracking import interpolate_boxes
