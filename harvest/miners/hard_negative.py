@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from harvest.miners.base import BaseMiner, TrackSet
-
 
 def nearest_cannot_linked(means: np.ndarray, anchors: np.ndarray, cannot_link: list) -> np.ndarray:
     """means (T, D) unit-norm track means, anchors (T, D), cannot_link: per track a list of
@@ -16,11 +14,3 @@ def nearest_cannot_linked(means: np.ndarray, anchors: np.ndarray, cannot_link: l
             d = np.linalg.norm(means[others] - anchors[t], axis=1)
             out[t] = others[int(np.argmin(d))]
     return out
-
-
-class HardNegativeMiner(BaseMiner):
-    def _mine(self, tracks: TrackSet, *, cannot_link: list, anchors: np.ndarray) -> np.ndarray:
-        """cannot_link: per track, the tracks it may not share an identity with;
-        anchors (T, D): the anchor tracklet (or the track mean when a track has no tracklets).
-        -> (T,) int64 index of the hard-negative track, -1 where a track has no cannot-link."""
-        return nearest_cannot_linked(tracks.mean_embeddings, anchors, cannot_link)

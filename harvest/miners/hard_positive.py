@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harvest.miners.base import BaseMiner, TrackSet, l2_normalize
+from harvest.miners.base import l2_normalize
 
 BLOCK_ROWS = 512   # rows of the distance matrix held at once while searching the farthest pair
 # Squared-distance slack between the matrix-product estimate and the exact distance: far above
@@ -102,12 +102,3 @@ def tracklet_seeds(emb: np.ndarray, members: list) -> list[int]:
         seeds.append(_seed(i, a, p1, dist_a, pool))
         pool[m] = False
     return seeds
-
-
-class HardPositiveMiner(BaseMiner):
-    def __init__(self, n_tracklets: int = 3):
-        self.n_tracklets = n_tracklets
-
-    def _mine(self, tracks: TrackSet) -> list[Tracklets]:
-        """-> one Tracklets per track (invalid tracks too: they are cheap and useful to readers)."""
-        return [mine_tracklets(e, self.n_tracklets) for e in tracks.embeddings]
