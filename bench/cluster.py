@@ -125,7 +125,8 @@ def hnsw_first_neighbours(x, metric, cannot=None, diag=np.inf, big=1000.0, k=8):
     from training.finch import rowwise
     n = len(x)
     if n <= k + 1:
-        return EXACT[0](x, metric, cannot, diag, big)
+        from training.finch import first_neighbours
+        return first_neighbours(x, metric, cannot, diag, big)
     index = hnswlib.Index(space="cosine" if metric == "cosine" else "l2", dim=x.shape[1])
     index.init_index(max_elements=n, ef_construction=200, M=16, random_seed=0)
     index.set_num_threads(os.cpu_count() or 1)
@@ -153,21 +154,14 @@ def hnsw_first_neighbours(x, metric, cannot=None, diag=np.inf, big=1000.0, k=8):
     return kappa, dist
 
 
-EXACT = []          # the platform's exact search, while HNSW replaces it
-
-
-@contextlib.contextmanager
-def hnsw_neighbours(on: bool = True):
-    """Inside: FINCH and C1C (this process) search first neighbours with HNSW."""
-    from training import c1c, finch
-    exact = finch.first_neighbours
-    EXACT[:] = [exact]
-    if on:
-        finch.first_neighbours = c1c.first_neighbours = hnsw_first_neighbours
-    try:
-        yield
-    finally:
-        finch.first_neighbours = c1c.first_neighbours = exact
+def hnsw_params(on: bool) -> dict:
+    """The method parameters that make FINCH and C1C search first neighbours with HNSW
+    (registered as ``training.finch.SEARCHES["hnsw"]``); {} = the platform's exact search."""
+    if not on:
+        return {}
+    from training.finch import register_search
+    register_search("hnsw", hnsw_first_neighbours)
+    return {"search": "hnsw"}
 
 
 # ------------------------------------------------------------------------------- one run
@@ -194,13 +188,12 @@ def run_one(method: str, n: int, dim: int, faces, seed: int, cannot_link: bool, 
         cut = (fitted_cut(title.means, ident, seed), "complete")
     job = methods.Job(title, title.means.astype(np.float64),
                       k=len(np.unique(ident)) if m.k == "required" else None, cut=cut,
-                      cannot_link=cannot_link)
+                      cannot_link=cannot_link, params=hnsw_params(hnsw))
     before = _rss_mb("VmRSS")
     _reset_peak_rss()
-    with hnsw_neighbours(hnsw):
-        t0 = time.perf_counter()
-        labels = m(job)
-        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels = m(job)
+    seconds = time.perf_counter() - t0
     peak = _rss_mb("VmHWM")
     if labels_out:
         np.save(labels_out, labels)
@@ -291,15 +284,14 @@ def variants(names) -> list[tuple[str, str, dict]]:
         out.append((name, name, {}))
         if m.cannot_link == "option":
             out.append((name + " +cl", name, {"cannot_link": True}))
-        if name in ("finch", "c1c"):
+        if "search" in m.defaults:
             out.append((name + " ~hnsw", name, {"hnsw": True}))
     return out
 
 
 def needs_crops(method) -> str:
     """Why a registered method cannot run on synthetic (crop-less) tracks, or ''."""
-    needs = getattr(method, "needs", ()) or ()
-    if getattr(method, "crops", False) or "crops" in needs or method.name == "vcn":
+    if method.crops:
         return "needs face crops (synthetic tracks have none)"
     return ""
 

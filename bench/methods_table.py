@@ -167,13 +167,14 @@ def evaluate_head(shards: str, labels: str, test: list, train_titles: list, head
     """Records of ``evaluate`` for one head: ``setting`` "known-K" and "K-free". ``vcn``
     fine-tunes the recogniser itself (no head): evaluated with raw only."""
     from training.evaluate import evaluate
+    from training.methods import get
     out = []
-    if head is not None:
-        free = [m for m in free if m != "vcn"]
+    if head is not None:                # a method that embeds the crops itself takes no head
+        free = [m for m in free if not get(m).crops]
     for setting, methods, known_k in (("known-K", known, True), ("K-free", free, False)):
         if not methods:
             continue
-        extra = dict(params=dict(models=models)) if "vcn" in methods else {}
+        extra = dict(params=dict(models=models)) if any(get(m).crops for m in methods) else {}
         recs = evaluate(shards, test, labels, head=head, methods=methods, known_k=known_k,
                         val_titles=train_titles, log=lambda msg: print("  " + msg), **extra)
         out += [dict(r, setting=setting) for r in recs]

@@ -13,8 +13,8 @@ adapting the embedding, scored on the labelled real TV clips of ``../shared/data
    tracks; scores count only the labelled ones (tracks that match no labelled box are left out,
    as the labels' README asks).
 3. For each adaptation of the embedding (``--adapt``, :data:`ADAPTATIONS`) and each K-free method
-   (``--methods``, every parameter-free method of :mod:`training.methods` but ``vcn`` by
-   default), prints per clip and pooled WCP, NMI, B-cubed F and PCR (= clusters / people);
+   (``--methods``, every parameter-free method of :mod:`training.methods` but those that embed
+   crops, ``vcn``, by default), prints per clip and pooled WCP, NMI, B-cubed F and PCR (= clusters / people);
    ``--known-k`` adds the known-K rows (``hac-k``, ``finch`` and ``c1c`` given the clip's
    number of labelled people).
 4. Leave one clip out: the only setting chosen on the clips (``auto``'s prior merge distance,
@@ -398,7 +398,7 @@ def evaluate_all(clips: list[Clip], methods, adapts, known_k: bool = False, log=
 
 def main(argv=None) -> None:
     from training.methods import METHODS
-    k_free = [n for n, m in METHODS.items() if m.parameter_free and n != "vcn"]
+    k_free = [n for n, m in METHODS.items() if m.parameter_free and not m.crops]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=None, help="harvest cache (default ~/.cache/movieface/real)")
     ap.add_argument("--real", default=REAL, help="folder of labelled clips with labels.csv")

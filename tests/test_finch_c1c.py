@@ -212,3 +212,34 @@ def test_c1c_min_cut_splits_a_first_neighbour_chain():
     r = c1c(x, must, cannot_link=[(0, 6)])
     # the cut removes the weakest capacity (1.01 * 0.45 - length): the longest link, 2-3
     assert cols(r) == [[0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 0, 0, 0, 0, 1, 1]] and r.counts == [4, 2]
+
+
+def test_a_registered_neighbour_search_is_used_by_finch_and_c1c():
+    """The neighbour-search seam (``training.finch.SEARCHES``): a search registered by name is
+    the one FINCH and C1C call (``search`` parameter), and the exact search's results stay."""
+    from training.methods import Job, TitleTracks, get
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    faces = np.repeat(centres, 12, axis=0) + 0.05 * rng.normal(size=(48, 16))
+    tof = np.repeat(np.arange(16), 3)
+    means = np.stack([faces[tof == t].mean(0) for t in range(16)])
+    title = TitleTracks("t", np.arange(16), means.astype(np.float32), [[] for _ in range(16)],
+                        _faces=(faces, tof))
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[0]))
+        return finch_mod.first_neighbours(*args, **kwargs)
+    finch_mod.register_search("counting", counting)
+    try:
+        for name in ("finch", "c1c"):
+            method = get(name)
+            exact = method(Job(title, means))
+            calls.clear()
+            counted = method(Job(title, means, params={"search": "counting"}))
+            assert calls, name
+            assert (counted == exact).all()
+        with pytest.raises(ValueError, match="unknown neighbour search"):
+            get("finch")(Job(title, means, params={"search": "nope"}))
+    finally:
+        finch_mod.SEARCHES.pop("counting")

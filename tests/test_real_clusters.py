@@ -40,7 +40,7 @@ def test_benchmark_rows_and_invariants(poker, tmp_path, capsys):
     assert "harvested" not in printed                         # the cached harvest is reused
     rows = json.loads(out.read_text())["rows"]
     from training.methods import METHODS
-    k_free = {n for n, m in METHODS.items() if m.parameter_free and n != "vcn"}
+    k_free = {n for n, m in METHODS.items() if m.parameter_free and not m.crops}
     named = {"auto (cut only)" if m == "auto" else m for m in k_free}
     assert {r["method"] for r in rows} == named | {"auto (default)", "c1c (cap=chain)"} | {
         f"{m} (K known)" for m in ("hac-k", "finch", "c1c", "auto")}

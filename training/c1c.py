@@ -29,7 +29,7 @@ pair of co-occurring tracks (the shard's ``cannot_link`` column).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -94,13 +94,15 @@ def _cut_violations(x, u, count, kappa, cap, metric, cannot_pairs, cannot, weigh
 
 
 def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "euclidean",
-        req_clust: int | None = None, weighted: bool = True, cap: float | None = None) -> Result:
+        req_clust: int | None = None, weighted: bool = True, cap: float | None = None,
+        search: Callable = first_neighbours) -> Result:
     """C1C partitions of ``data`` (N, E) under ``must_link`` / ``cannot_link`` (K, 2) index
     pairs; see the module docstring. Euclidean is the recommended metric (6.2). ``weighted``:
     edge lengths as the reference (a must-link listed in both directions, or a mutual first-
     neighbour pair, counts twice against the cap); False: plain lengths. ``cap``: the merge cap
     when the caller knows the longest must-linked pair without listing every pair (see
-    :func:`c1c_tracks`); None: the longest listed must-link (FINCH's longest edge without them)."""
+    :func:`c1c_tracks`); None: the longest listed must-link (FINCH's longest edge without them).
+    ``search``: the first-neighbour search (``training.finch.SEARCHES``)."""
     x = _prepare(data, metric)
     n = len(x)
     ml, cl = _pairs(must_link, n), _pairs(cannot_link, n)
@@ -113,7 +115,7 @@ def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "eucli
         d_ml[pairs[:, 0] == pairs[:, 1]] = 0.0         # a self pair is no edge
         cap = float(d_ml.max()) if cap is None else float(cap)
     else:
-        kappa, dist = first_neighbours(x, metric, cannot, diag=BIG, big=BIG)
+        kappa, dist = search(x, metric, cannot, diag=BIG, big=BIG)
         labels, count = first_neighbour_clusters(kappa, dist)
         if cap is None:
             cap = longest_edge(x, kappa, dist, metric, cannot, BIG, weighted)
@@ -123,7 +125,7 @@ def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "eucli
     while count > 1:
         means = cluster_means(x, labels)
         cannot_k = _symmetric(cl_k, count)
-        kappa, dist = first_neighbours(means, metric, cannot_k, diag=BIG, big=BIG)
+        kappa, dist = search(means, metric, cannot_k, diag=BIG, big=BIG)
         u, new_count = first_neighbour_clusters(kappa, dist, cap, means, metric, cannot_k,
                                                 weighted, BIG)
         if len(cl_k):
@@ -142,11 +144,12 @@ def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "eucli
     partitions = np.column_stack(parts)
     req = None
     if req_clust is not None:
-        req = _required(x, partitions, counts, history, req_clust, metric)
+        req = _required(x, partitions, counts, history, req_clust, metric, search)
     return Result(partitions, counts, req)
 
 
-def _required(x, partitions, counts, history, req_clust, metric) -> np.ndarray:
+def _required(x, partitions, counts, history, req_clust, metric,
+              search: Callable = first_neighbours) -> np.ndarray:
     if req_clust in counts:
         return partitions[:, counts.index(req_clust)]
     above = [i for i, c in enumerate(counts) if c >= req_clust]
@@ -156,10 +159,10 @@ def _required(x, partitions, counts, history, req_clust, metric) -> np.ndarray:
     for _ in range(counts[above[-1]] - req_clust):
         m = int(labels.max()) + 1
         cannot = _symmetric(pairs, m)
-        u, d = merge_closest(x, labels, metric, cannot, BIG)
+        u, d = merge_closest(x, labels, metric, cannot, BIG, search)
         if cannot is not None and d >= BIG:          # every merge violates: relax the rest
             pairs = pairs[:0]
-            u, _ = merge_closest(x, labels, metric)
+            u, _ = merge_closest(x, labels, metric, search=search)
         labels = relabel(labels, u)
         pairs = _carry(pairs, u)
     return labels
@@ -220,7 +223,7 @@ CAPS = ("diameter", "chain")
 def c1c_tracks(faces: np.ndarray, track_of_face: np.ndarray, track_ids: Sequence[int],
                cannot_link: Sequence[Sequence[int]], metric: str = "euclidean",
                req_clust: int | None = None, weighted: bool = True,
-               cap: str = "diameter") -> Result:
+               cap: str = "diameter", search: Callable = first_neighbours) -> Result:
     """C1C on a title's face embeddings ``faces`` (F, E) with constraints from its tracks
     (:func:`track_constraints`). Partition 0 is the tracks; labels are per face.
 
@@ -234,4 +237,4 @@ def c1c_tracks(faces: np.ndarray, track_of_face: np.ndarray, track_ids: Sequence
     value = None
     if cap == "diameter" and len(faces):
         value = float(track_diameters(faces, track_of_face, metric).max())
-    return c1c(faces, must, cannot, metric, req_clust, weighted, cap=value)
+    return c1c(faces, must, cannot, metric, req_clust, weighted, cap=value, search=search)

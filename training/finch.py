@@ -34,6 +34,8 @@ first-neighbour pass per merge.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import NamedTuple
 
 import numpy as np
@@ -104,6 +106,26 @@ def first_neighbours(x: np.ndarray, metric: str, cannot: sp.csr_matrix | None = 
         kappa[s:e] = d.argmin(1)
         dist[s:e] = d[r, kappa[s:e]]
     return kappa, dist
+
+
+#: first-neighbour searches by name, each ``(x, metric, cannot, diag, big) -> (kappa, dist)`` as
+#: :func:`first_neighbours`: FINCH and C1C take one by name (their ``search`` parameter), so an
+#: approximate search (bench/cluster.py registers HNSW) is one function plus one
+#: :func:`register_search` call, never a patch of this module
+SEARCHES: dict[str, Callable] = {"exact": first_neighbours}
+
+
+def register_search(name: str, search: Callable) -> Callable:
+    SEARCHES[name] = search
+    return search
+
+
+def get_search(name: str) -> Callable:
+    try:
+        return SEARCHES[name]
+    except KeyError:
+        raise ValueError(f"unknown neighbour search {name!r}; choose from {sorted(SEARCHES)}") \
+            from None
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, int]:
@@ -200,12 +222,12 @@ def relabel(labels: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def merge_closest(x: np.ndarray, labels: np.ndarray, metric: str,
-                  cannot: sp.csr_matrix | None = None, big: float = 1000.0):
+                  cannot: sp.csr_matrix | None = None, big: float = 1000.0,
+                  search: Callable = first_neighbours):
     """One ``req_clust`` step: merge the closest pair of cluster means (the two smallest
     adjacency entries, a mutual first-neighbour pair). -> (node labels u, min distance)."""
     means = cluster_means(x, labels)
-    kappa, dist = first_neighbours(means, metric, cannot, diag=np.inf if cannot is None else big,
-                                   big=big)
+    kappa, dist = search(means, metric, cannot, diag=np.inf if cannot is None else big, big=big)
     own = kappa != np.arange(len(kappa))
     i = int(np.flatnonzero(own)[np.argmin(dist[own])])
     u, _ = components(len(means), np.array([i]), kappa[[i]])
@@ -213,18 +235,20 @@ def merge_closest(x: np.ndarray, labels: np.ndarray, metric: str,
 
 
 def finch(data: np.ndarray, metric: str = "cosine", ensure_early_exit: bool = True,
-          req_clust: int | None = None, weighted: bool = True) -> Result:
+          req_clust: int | None = None, weighted: bool = True,
+          search: Callable = first_neighbours) -> Result:
     """FINCH partitions of ``data`` (N, E); see the module docstring. ``weighted=False`` uses
-    plain edge lengths for the cap (methods.md's wording) instead of the reference's."""
+    plain edge lengths for the cap (methods.md's wording) instead of the reference's.
+    ``search``: the first-neighbour search (:data:`SEARCHES`)."""
     x = _prepare(data, metric)
-    kappa, dist = first_neighbours(x, metric)
+    kappa, dist = search(x, metric)
     labels, count = first_neighbour_clusters(kappa, dist)
     cap = (longest_edge(x, kappa, dist, metric, weighted=weighted)
            if ensure_early_exit and len(x) > 2 else None)
     parts, counts = [labels], [count]
     while count > 1:
         means = cluster_means(x, labels)
-        kappa, dist = first_neighbours(means, metric)
+        kappa, dist = search(means, metric)
         u, new_count = first_neighbour_clusters(kappa, dist, cap, means, metric, weighted=weighted)
         delta = counts[-1] - new_count
         if new_count == 1 or delta < 1:
@@ -236,11 +260,12 @@ def finch(data: np.ndarray, metric: str = "cosine", ensure_early_exit: bool = Tr
             break
     req = None
     if req_clust is not None:
-        req = required_clusters(x, np.column_stack(parts), counts, req_clust, metric)
+        req = required_clusters(x, np.column_stack(parts), counts, req_clust, metric, search)
     return Result(np.column_stack(parts), counts, req)
 
 
-def required_clusters(x, partitions, counts, req_clust, metric) -> np.ndarray:
+def required_clusters(x, partitions, counts, req_clust, metric,
+                      search: Callable = first_neighbours) -> np.ndarray:
     """Labels with exactly ``req_clust`` clusters: a kept partition if one has that count,
     else merge-one-pair steps from the last partition with more clusters."""
     if req_clust in counts:
@@ -250,6 +275,6 @@ def required_clusters(x, partitions, counts, req_clust, metric) -> np.ndarray:
         raise ValueError(f"req_clust={req_clust} exceeds every partition's count {counts}")
     labels = partitions[:, above[-1]]
     for _ in range(counts[above[-1]] - req_clust):
-        u, _ = merge_closest(x, labels, metric)
+        u, _ = merge_closest(x, labels, metric, search=search)
         labels = relabel(labels, u)
     return labels

@@ -19,6 +19,8 @@ cannot-links as track ids, per-face embeddings read on first use) and its track 
                    cannot-links join co-occurring tracks; merge cap = the longest distance
                    between two faces of one track (``cap="diameter"``, the reference's meaning)
                    or between consecutive faces (``cap="chain"``); last partition or K (6.2)
+                   (FINCH and C1C take ``search``: the first-neighbour search by name,
+                   ``training.finch.SEARCHES``; "exact" is the platform's)
     auto           ``cluster``'s default: the title's faces adapted to it (centred, whitened by
                    the within-track covariance), constrained average-linkage HAC cut at a height
                    calibrated on the title's own cannot-links (training/autocluster.py); K
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training import cluster as hac
@@ -173,6 +176,8 @@ class Method:
     defaults: dict = field(default_factory=dict)
     space: Callable | None = None     # Job -> (T, E) embeddings it clusters in (None: job.emb)
     faces: bool = False               # reads the per-face embeddings (TitleTracks.faces)
+    crops: bool = False               # embeds the shard's face crops itself (TitleTracks.crops,
+    #                                   its own recogniser from ``models``): a head does not apply
 
     def own(self, params: dict | None) -> dict:
         """The entries of ``params`` that are this method's parameters (keys of its defaults)."""
@@ -241,23 +246,26 @@ def _ap(job: Job) -> np.ndarray:
 
 
 def _finch(job: Job) -> np.ndarray:
-    from training.finch import finch, required_clusters
-    res = finch(job.emb, job.params["metric"])
+    from training.finch import finch, get_search, required_clusters
+    search = get_search(job.params["search"])
+    res = finch(job.emb, job.params["metric"], search=search)
     if not job.k:
         return res.partitions[:, -1]
     if job.k >= res.counts[0]:          # FINCH cannot split its first partition further
         return res.partitions[:, 0]
     return required_clusters(np.asarray(job.emb, np.float64), res.partitions, res.counts, job.k,
-                             job.params["metric"])
+                             job.params["metric"], search)
 
 
 def _c1c(job: Job) -> np.ndarray:
     from training.c1c import c1c_tracks
+    from training.finch import get_search
     from training.registry import embed_rows
     t = job.title
     faces = embed_rows(job.model, t.faces)
     res = c1c_tracks(faces, t.track_of_face, t.track_ids, t.cannot_link, job.params["metric"],
-                     req_clust=min(job.k, t.n_tracks) if job.k else None, cap=job.params["cap"])
+                     req_clust=min(job.k, t.n_tracks) if job.k else None, cap=job.params["cap"],
+                     search=get_search(job.params["search"]))
     face_labels = res.req if job.k else res.partitions[:, -1]
     first = np.searchsorted(t.track_of_face, np.arange(t.n_tracks))     # faces grouped by track
     return face_labels[first]
@@ -266,9 +274,9 @@ def _c1c(job: Job) -> np.ndarray:
 register(Method("hac-k", _hac_k, k="required", cannot_link="option"))
 register(Method("hac-threshold", _hac_threshold, threshold=True, cannot_link="option"))
 register(Method("ap", _ap, defaults=dict(damping=0.5)))
-register(Method("finch", _finch, k="optional", defaults=dict(metric="cosine")))
+register(Method("finch", _finch, k="optional", defaults=dict(metric="cosine", search="exact")))
 register(Method("c1c", _c1c, k="optional", cannot_link="always", faces=True,
-                defaults=dict(metric="euclidean", cap="diameter")))
+                defaults=dict(metric="euclidean", cap="diameter", search="exact")))
 
 
 def auto_space(job: Job) -> np.ndarray:
@@ -303,7 +311,7 @@ def _vcn(job: Job) -> np.ndarray:
     return run(job)
 
 
-register(Method("vcn", _vcn, cannot_link="always", defaults=dict(
+register(Method("vcn", _vcn, cannot_link="always", crops=True, defaults=dict(
     models=None, device="auto", seed=0, prototypes=1024, hidden=256, bottleneck=64,
     tau_s=0.1, tau_t=0.04, centre_momentum=0.9, teacher_momentum=0.996, lr=1e-3,
     backbone_lr=1e-5, batch=8, head_steps=300, rounds=2, steps=4, crops_per_track=8,
