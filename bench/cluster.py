@@ -1,5 +1,5 @@
 """Benchmark: clustering time, peak memory and NMI of every registered clustering method
-(training/methods.py) on synthetic titles of 1K, 10K and 100K tracks.
+(training/clustering/methods.py) on synthetic titles of 1K, 10K and 100K tracks.
 
     python bench/cluster.py [--tracks 1000 10000 100000] [--dim 128] [--methods NAME ...]
                             [--budget 300] [--mem-gb 8] [--faces 5 50] [--ann-from 100000]
@@ -61,7 +61,7 @@ QUADRATIC_BYTES = {"hac": 16, "hac+cl": 33, "ap": 40}
 def make_title(n: int, dim: int, faces=(5, 50), seed: int = 0, keep_faces: bool = True):
     """-> (TitleTracks of n tracks, (n,) identity of each track). Faces generated in chunks
     (memory: the means, plus the faces only when ``keep_faces``)."""
-    from training.methods import TitleTracks
+    from training.clustering.methods import TitleTracks
     rng = np.random.default_rng(seed)
     n_id = max(n // 20, 2)
     centres = _unit(rng.standard_normal((n_id, dim)))
@@ -116,16 +116,16 @@ def fitted_cut(means: np.ndarray, ident: np.ndarray, seed: int = 0, pairs: int =
 
 # ------------------------------------------------------------------------------- approximate NN
 def hnsw_first_neighbours(x, metric, cannot=None, diag=np.inf, big=1000.0, k=8):
-    """Drop-in for :func:`training.finch.first_neighbours` from an HNSW graph (hnswlib,
+    """Drop-in for :func:`training.clustering.finch.first_neighbours` from an HNSW graph (hnswlib,
     M = 16, ef 200): the nearest of the k returned that is not the point itself nor cannot-
     linked; rows where none is (or with k too small) fall back to the exact blocked search.
     Distances recomputed exactly (float64)."""
     import hnswlib
 
-    from training.finch import rowwise
+    from training.clustering.finch import rowwise
     n = len(x)
     if n <= k + 1:
-        from training.finch import first_neighbours
+        from training.clustering.finch import first_neighbours
         return first_neighbours(x, metric, cannot, diag, big)
     index = hnswlib.Index(space="cosine" if metric == "cosine" else "l2", dim=x.shape[1])
     index.init_index(max_elements=n, ef_construction=200, M=16, random_seed=0)
@@ -144,7 +144,7 @@ def hnsw_first_neighbours(x, metric, cannot=None, diag=np.inf, big=1000.0, k=8):
     dist = d.min(1)
     miss = np.flatnonzero(~np.isfinite(dist))
     if len(miss):
-        from training.finch import pairwise
+        from training.clustering.finch import pairwise
         dm = pairwise(x[miss], x, metric)
         if cannot is not None:
             blk = cannot[miss].tocoo()
@@ -156,10 +156,10 @@ def hnsw_first_neighbours(x, metric, cannot=None, diag=np.inf, big=1000.0, k=8):
 
 def hnsw_params(on: bool) -> dict:
     """The method parameters that make FINCH and C1C search first neighbours with HNSW
-    (registered as ``training.finch.SEARCHES["hnsw"]``); {} = the platform's exact search."""
+    (registered as ``training.clustering.finch.SEARCHES["hnsw"]``); {} = the platform's exact search."""
     if not on:
         return {}
-    from training.finch import register_search
+    from training.clustering.finch import register_search
     register_search("hnsw", hnsw_first_neighbours)
     return {"search": "hnsw"}
 
@@ -180,7 +180,7 @@ def run_one(method: str, n: int, dim: int, faces, seed: int, cannot_link: bool, 
     """One method on one generated title (this process) -> figures."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    from training import methods
+    from training.clustering import methods
     m = methods.get(method)
     title, ident = make_title(n, dim, faces, seed, keep_faces=m.faces)
     cut = None
@@ -209,7 +209,7 @@ def neighbour_recall(n: int, dim: int, faces, seed: int, queries: int = 2000) ->
     """HNSW first neighbours of all n track embeddings (cosine; build + query time) against the
     exact blocked search for ``queries`` random rows (recall@1 on them; the exact time of all n
     rows extrapolated linearly from them: the blocked search is linear in its query rows)."""
-    from training.finch import pairwise
+    from training.clustering.finch import pairwise
     title, _ = make_title(n, dim, faces, seed, keep_faces=False)
     x = title.means.astype(np.float64)
     t0 = time.perf_counter()
@@ -277,7 +277,7 @@ def _child(args: list[str], budget: float, inline: bool = False) -> tuple[dict |
 # ------------------------------------------------------------------------------- the table
 def variants(names) -> list[tuple[str, str, dict]]:
     """(row name, method, child flags) for every registered method and its options."""
-    from training import methods
+    from training.clustering import methods
     out = []
     for name in names:
         m = methods.get(name)
@@ -303,7 +303,7 @@ def quadratic_gb(row: str, n: int) -> float | None:
 
 
 def bench(args) -> None:
-    from training import methods
+    from training.clustering import methods
     names = args.methods or sorted(methods.METHODS)
     try:
         import hnswlib  # noqa: F401

@@ -4,12 +4,12 @@
     python bench/gpu_acceptance.py --device cpu --seconds 2 --res 360 --frames 3   # CI's size
 
 Needs the project installed with its ``gpu`` extra, not Ray: every row calls the title pipeline
-(``harvest.pipeline.harvest_title``) in this process, or in ``multiprocessing`` workers for the
+(``harvest.title.pipeline.harvest_title``) in this process, or in ``multiprocessing`` workers for the
 layouts (``bench/schedule.py``). It prints one table, a pass / FAIL / skipped per row, and exits
 1 when a row fails:
 
-  nvdec frame-exact   ``open_gop.mp4`` decoded by NVDEC (``harvest.nvdec``) and by the CPU reader
-                      (``harvest.decode``): the same frames, numbered alike, pixels within
+  nvdec frame-exact   ``open_gop.mp4`` decoded by NVDEC (``harvest.video.nvdec``) and by the CPU reader
+                      (``harvest.video.decode``): the same frames, numbered alike, pixels within
                       ``NVDEC_MAX_ABS_DIFF`` (NVDEC's colour conversion is not swscale's);
   precision           the torch backend on CUDA in fp16 against torch on the CPU in fp32 on
                       ``--frames`` frames of ``crowd.mp4`` (``harvest.faces.agreement``: matched
@@ -132,7 +132,7 @@ def check_nvdec(a) -> Row:
     if not _cuda(a):
         return Row(name, NO_CUDA, "")
     import torch
-    from harvest.readers import open_reader
+    from harvest.video.readers import open_reader
     with open_reader(a.open_gop, decoder="pyav") as cpu, \
             open_reader(a.open_gop, decoder="nvdec", device=torch.device("cuda")) as gpu:
         if gpu.name != "nvdec":
@@ -151,7 +151,7 @@ def precision_backends(a):
 
 
 def check_precision(a) -> Row:
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     from harvest.faces.agreement import compare
     with ChunkedVideoReader(a.crowd) as r:
         frames = [f for c in r.chunks() for f in c.frames]
@@ -169,7 +169,7 @@ def _harvest(path: str, config, options, use_gpu: bool, threads: int) -> dict:
     """One title through ``harvest_title``: its tracks, shots, reader and backend."""
     from harvest.faces.agreement import read_tracks
     from harvest.faces.registry import load_backend
-    from harvest.pipeline import harvest_title
+    from harvest.title.pipeline import harvest_title
     backend = load_backend(config, use_gpu=use_gpu, threads=threads)
     try:
         r = harvest_title(path, backend, config, options)

@@ -8,7 +8,7 @@
 For each resolution a title of ``--seconds`` at 25 fps is generated on disk (faces from
 ``harvest.samples`` drifting on textured backgrounds, cuts every 2-10 s; the same renderer as
 bench/long_title.py), then measured in this one process:
-  * decode only (the reader the harvest uses, ``harvest.readers``: every frame decoded and
+  * decode only (the reader the harvest uses, ``harvest.video.readers``: every frame decoded and
     delivered where the backend wants it);
   * the harvest of the title (``harvest_title``: decode -> shots -> detect -> align/embed ->
     tracks -> mining -> spill) at each ``--stride``, stages overlapped in threads;
@@ -37,17 +37,17 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.append(HERE)          # after the repo: this file's name would shadow the package
 
 from harvest.config import HarvestConfig, RunOptions  # noqa: E402
-from harvest.readers import choices as decoder_choices, open_reader  # noqa: E402
+from harvest.video.readers import choices as decoder_choices, open_reader  # noqa: E402
 from gpu_util import GpuSampler  # noqa: E402
 from harvest.faces.registry import BACKENDS, load_backend  # noqa: E402
-from harvest.pipeline import harvest_title  # noqa: E402
+from harvest.title.pipeline import harvest_title  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(HERE), "..", "shared")
 FPS = 25.0
 
 
 def decode_only(path: str, chunk_frames: int, decoder: str = "auto", device=None) -> tuple[int, float, str]:
-    """Every frame through the reader the harvest would use (``harvest.readers``), delivered
+    """Every frame through the reader the harvest would use (``harvest.video.readers``), delivered
     where the backend wants it (numpy, or tensors on its device): frames, seconds, reader."""
     t0 = time.perf_counter()
     with open_reader(path, decoder=decoder, device=device, chunk_frames=chunk_frames) as r:

@@ -191,15 +191,15 @@ if trace:
     start_trace(trace)
 t0 = time.perf_counter()
 if mode == "decode":
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     with ChunkedVideoReader(video) as r:
         for chunk in r.chunks():
             pass
         res = dict(frames=r.frames_read, faces=0, tracks=0)
 else:
     from harvest.config import HarvestConfig, RunOptions
-    from harvest.sources import list_sources
-    from harvest.worker import TitleWorker
+    from harvest.run.sources import list_sources
+    from harvest.run.worker import TitleWorker
     worker = TitleWorker(out, HarvestConfig(models=models, det_stride=stride), RunOptions(),
                          threads=threads)
     (src,) = list_sources(video)

@@ -158,7 +158,7 @@ def _history(result) -> list:
 
 
 def available(names) -> list:
-    from training import methods
+    from training.clustering import methods
     return [m for m in names if m in methods.METHODS]
 
 
@@ -166,8 +166,8 @@ def evaluate_head(shards: str, labels: str, test: list, train_titles: list, head
                   known: list, free: list, models: str = FACE_PACK) -> list[dict]:
     """Records of ``evaluate`` for one head: ``setting`` "known-K" and "K-free". ``vcn``
     fine-tunes the recogniser itself (no head): evaluated with raw only."""
-    from training.evaluate import evaluate
-    from training.methods import get
+    from training.evaluation.evaluate import evaluate
+    from training.clustering.methods import get
     out = []
     if head is not None:                # a method that embeds the crops itself takes no head
         free = [m for m in free if not get(m).crops]

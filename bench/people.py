@@ -88,7 +88,7 @@ def title_units(means, title, pairs, ident=None):
     """Each title clustered by auto's rule on its means (or, given ``ident``, by the truth:
     the corpus step measured alone) -> (unit of each track (global ids), unit sums, unit
     weights, unit titles, negatives)."""
-    from training.autocluster import auto_cluster
+    from training.clustering.autocluster import auto_cluster
     from training.people.titles import negatives, unit_sums
     unit_of = np.empty(len(means), np.int64)
     sums, weights, titles, negs = [], [], [], []
@@ -113,7 +113,7 @@ def title_units(means, title, pairs, ident=None):
 
 def scores(ident, people, title) -> dict:
     from sklearn.metrics import normalized_mutual_info_score
-    from training.metrics import bcubed
+    from training.evaluation.metrics import bcubed
     _, p = np.unique(people, return_inverse=True)
     order = np.lexsort((ident, p))
     ps, ids = p[order], ident[order]
@@ -185,7 +185,7 @@ def one_size(n: int, dim: int, per_title: int, exact_up_to: int, finch_up_to: in
                                                    for a, e in zip(ar, er)])), 4)
     if n <= finch_up_to:
         from sklearn.metrics import normalized_mutual_info_score
-        from training.finch import finch
+        from training.clustering.finch import finch
         t0 = time.perf_counter()
         res = finch(means, "cosine")
         out.update(finch_s=round(time.perf_counter() - t0, 1),

@@ -49,7 +49,7 @@ def person_of(store: str, title_id: str, track_ids) -> np.ndarray:
 
 
 def scores(y, p) -> dict:
-    from training.metrics import clustering_scores
+    from training.evaluation.metrics import clustering_scores
     s = clustering_scores(np.asarray(y, str), np.asarray(p, str))
     return {k: round(float(s[k]), 3) for k in ("pcr", "wcp", "nmi", "bcubed_f1")}
 
@@ -152,7 +152,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip-real", action="store_true")
     p.add_argument("--skip-series", action="store_true")
     a = p.parse_args(argv)
-    from harvest.raystart import init_ray
+    from harvest.run.raystart import init_ray
     init_ray(False)
     if not a.skip_real:
         print(json.dumps(real_part(a.cache)))

@@ -13,12 +13,12 @@ adapting the embedding, scored on the labelled real TV clips of ``../shared/data
    tracks; scores count only the labelled ones (tracks that match no labelled box are left out,
    as the labels' README asks).
 3. For each adaptation of the embedding (``--adapt``, :data:`ADAPTATIONS`) and each K-free method
-   (``--methods``, every parameter-free method of :mod:`training.methods` but those that embed
+   (``--methods``, every parameter-free method of :mod:`training.clustering.methods` but those that embed
    crops, ``vcn``, by default), prints per clip and pooled WCP, NMI, B-cubed F and PCR (= clusters / people);
    ``--known-k`` adds the known-K rows (``hac-k``, ``finch`` and ``c1c`` given the clip's
    number of labelled people).
 4. Leave one clip out: the only setting chosen on the clips (``auto``'s prior merge distance,
-   :data:`training.autocluster.PRIOR_DISTANCE`) is re-chosen on the other clips for each clip
+   :data:`training.clustering.autocluster.PRIOR_DISTANCE`) is re-chosen on the other clips for each clip
    and the held-out clip is reported with it (row ``auto (LOO)``).
 5. ``--heads``: each head trained (Ray Train) on the *other* clips' unlabelled harvests;
    ``--transductive``: each head trained on the clip itself (``training.transductive``, the
@@ -52,9 +52,9 @@ def harvest(real: str = REAL, cache: str | None = None, titles=None, log=print) 
     """Shard paths of the clips in ``real`` (all, or those named by ``titles``: file names or
     stems), harvested into ``cache`` with the face pack unless already there (same config)."""
     from harvest.config import HarvestConfig, RunOptions
-    from harvest.sources import list_sources
-    from harvest.storage import open_fs, read_records
-    from harvest.worker import TitleWorker
+    from harvest.run.sources import list_sources
+    from harvest.dataset.storage import open_fs, read_records
+    from harvest.run.worker import TitleWorker
     cache = cache or os.path.expanduser("~/.cache/movieface/real")
     sources = [s for s in list_sources(real) if _named(s.uri, titles)]
     worker = TitleWorker(cache, HarvestConfig(models=FACE_PACK), RunOptions(), threads=os.cpu_count())
@@ -83,7 +83,7 @@ def _named(uri: str, titles) -> bool:
 @dataclass
 class Clip:
     name: str
-    tracks: object          # training.methods.TitleTracks: every valid track
+    tracks: object          # training.clustering.methods.TitleTracks: every valid track
     identity: np.ndarray    # (T,) object: the labelled identity, None where unmatched
 
     @property
@@ -97,8 +97,8 @@ class Clip:
 
 def load_clips(paths: list[str], labels_url: str = os.path.join(REAL, "labels.csv")) -> list[Clip]:
     from training.columns import BOXES, FRAME_IDX
-    from training.labels import assign, read_labels
-    from training.methods import read_tracks
+    from training.evaluation.labels import assign, read_labels
+    from training.clustering.methods import read_tracks
     labels = read_labels(labels_url)
     clips = []
     for path in paths:
@@ -114,7 +114,7 @@ def load_clips(paths: list[str], labels_url: str = os.path.join(REAL, "labels.cs
 def score(clips: list[Clip], preds: list[np.ndarray]) -> dict:
     """Label-based scores over the labelled tracks of ``clips`` (pooled: people and clusters
     kept apart per clip)."""
-    from training.metrics import clustering_scores
+    from training.evaluation.metrics import clustering_scores
     y = np.concatenate([[f"{c.name}/{i}" for i in c.identity[c.labelled]] for c in clips])
     p = np.concatenate([[f"{c.name}/{k}" for k in pred[c.labelled]] for c, pred in zip(clips, preds)])
     s = clustering_scores(y, p)
@@ -128,7 +128,7 @@ def meets_goal(s: dict) -> bool:
 
 # ------------------------------------------------------------------------------- adaptations
 def _adapter(clips: list[Clip], adapt: str):
-    from training.autocluster import fit_adapter
+    from training.clustering.autocluster import fit_adapter
     faces = np.concatenate([c.tracks.faces for c in clips])
     offsets = np.cumsum([0] + [c.tracks.n_tracks for c in clips])
     tof = np.concatenate([c.tracks.track_of_face + o for c, o in zip(clips, offsets)])
@@ -162,7 +162,7 @@ def run_method(name: str, clip: Clip, model=None, k: int | None = None, params=N
     """A registered method on a clip, through a trained head's model (``head``: its name,
     for its clustering rule) or on the clip's embeddings as they are."""
     from training import registry
-    from training.methods import Job, get
+    from training.clustering.methods import Job, get
     method = get(name)
     rule = registry.get(head).embed_tracks if head else registry.mean_track_embedding
     emb = rule(model, clip.tracks) if model is not None else clip.tracks.means
@@ -255,8 +255,8 @@ GRID = dict(adapt=("none", "center", "wccn"), quantile=(0.5, 0.6, 0.7, 0.8, 0.9)
 def auto_predictions(clips: list[Clip], params: dict) -> list[np.ndarray]:
     """``auto`` with ``params`` on each clip (the adapted space is computed once per clip and
     adaptation: ``TitleTracks.memo``)."""
-    from training.autocluster import auto_cluster
-    from training.methods import AUTO_DEFAULTS, Job, auto_space
+    from training.clustering.autocluster import auto_cluster
+    from training.clustering.methods import AUTO_DEFAULTS, Job, auto_space
     p = {**AUTO_DEFAULTS, **params}
     return [auto_cluster(auto_space(Job(c.tracks, c.tracks.means, params=p)),
                          c.tracks.cannot_link_pairs(), **p)[0] for c in clips]
@@ -305,11 +305,11 @@ def confidence_rows(clips: list[Clip], log=print) -> dict:
     """Per labelled track of each clip and each clustering of :data:`CONFIDENCE_RUNS`: its score
     (centroid cosine in the title-adapted space) and whether it is right. The calibration fitted
     leave one clip out (reliability of the held-out predictions, AUROC of finding the wrong
-    tracks) and on all clips (what :data:`training.confidence.CALIBRATION` should be); beside it
+    tracks) and on all clips (what :data:`training.clustering.confidence.CALIBRATION` should be); beside it
     the old confidence (centroid cosine of the raw track means)."""
     from sklearn.metrics import roc_auc_score
-    from training import confidence as cf
-    from training.methods import Job, auto_space, get
+    from training.clustering import confidence as cf
+    from training.clustering.methods import Job, auto_space, get
     per = []
     for c in clips:
         space = auto_space(Job(c.tracks, c.tracks.means))
@@ -397,7 +397,7 @@ def evaluate_all(clips: list[Clip], methods, adapts, known_k: bool = False, log=
 
 
 def main(argv=None) -> None:
-    from training.methods import METHODS
+    from training.clustering.methods import METHODS
     k_free = [n for n, m in METHODS.items() if m.parameter_free and not m.crops]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=None, help="harvest cache (default ~/.cache/movieface/real)")

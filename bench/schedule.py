@@ -48,7 +48,7 @@ def _harvest_many(backend, config, options, titles: "mp.Queue", threads: int) ->
     """Harvest titles from the queue in ``threads`` threads sharing ``backend``: frames done."""
     import queue
     import threading
-    from harvest.pipeline import harvest_title
+    from harvest.title.pipeline import harvest_title
     done, lock = [0], threading.Lock()
 
     def loop():

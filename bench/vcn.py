@@ -1,4 +1,4 @@
-"""Benchmark: `vcn` (VideoClusterNet, training/vcn.py) on a generated 60 s title, vs c1c / finch.
+"""Benchmark: `vcn` (VideoClusterNet, training/clustering/vcn.py) on a generated 60 s title, vs c1c / finch.
 
     python bench/vcn.py --models ../shared/models/face-pack [--seconds 60] [--param steps=4 ...]
 
@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     from harvest.cli import main as harvest_main
     from harvest.samples import make_clip
     from long_title import shot_plan
-    from training.evaluate import evaluate
-    from training.methods import parse_params
+    from training.evaluation.evaluate import evaluate
+    from training.clustering.methods import parse_params
 
     work = a.workdir or tempfile.mkdtemp(prefix="bench-vcn-")
     video = os.path.join(work, "videos", "title.mp4")

@@ -25,7 +25,7 @@ for root in nvidia.__path__:
 PY
 sudo ldconfig
 
-# NVDEC decoding for the torch backend (harvest/nvdec.py; `--decoder auto` uses it where usable)
+# NVDEC decoding for the torch backend (harvest/video/nvdec.py; `--decoder auto` uses it where usable)
 pip install --no-cache-dir -q "PyNvVideoCodec>=2.2,<3"
 
 python -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p; print('onnxruntime', o.__version__, p)"

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from harvest.config import HarvestConfig, RunOptions, help_of
-from harvest.sources import VIDEO_EXTENSIONS
+from harvest.run.sources import VIDEO_EXTENSIONS
 
 EXIT_OK, EXIT_TITLES_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,7 +31,7 @@ def _option(group, flag: str, cls, **kw) -> None:
 def _config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("harvest (changes shard content; part of the config hash)")
     from harvest.faces.registry import choices
-    from harvest.schema import CROP_MODES
+    from harvest.dataset.schema import CROP_MODES
     _option(g, "--backend", HarvestConfig, choices=choices())
     _option(g, "--models", HarvestConfig)
     _option(g, "--det-stride", HarvestConfig, type=int, default=None,
@@ -56,7 +56,7 @@ def _backends() -> dict:
 
 
 def _decoders() -> list[str]:
-    from harvest.readers import choices
+    from harvest.video.readers import choices
     return choices()
 
 
@@ -166,7 +166,7 @@ def progress_line(positions: list[dict], show: int = 3) -> str:
 
 def check_output(url: str) -> None:
     """Refuse an --output that cannot be an output root (an existing file) before any work."""
-    from harvest import storage
+    from harvest.dataset import storage
     fs, root = storage.open_fs(url)
     if fs.exists(root) and not fs.isdir(root):
         raise NotADirectoryError(f"--output {url} is an existing file; give a directory "
@@ -174,9 +174,9 @@ def check_output(url: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from harvest import storage
-    from harvest.report import summary_table
-    from harvest.runner import harvest_sources, plan_run
+    from harvest.dataset import storage
+    from harvest.reports.summary import summary_table
+    from harvest.run.runner import harvest_sources, plan_run
 
     try:
         config, options = config_from(args), options_from(args)
@@ -189,7 +189,7 @@ def cmd_run(args) -> int:
           f"{len(plan.todo)} to harvest (backend {plan.backend}, config {plan.config_hash})",
           file=sys.stderr)
     if plan.todo:
-        from harvest.raystart import init_ray
+        from harvest.run.raystart import init_ray
         init_ray(args.verbose, log_to_driver=False)
     fs, root = storage.open_fs(args.output)
     bar = None
@@ -225,16 +225,16 @@ def main(argv=None) -> int:
     if args.command == "run":
         return cmd_run(args)
     if args.command in ("inspect", "validate", "card", "report"):
-        from harvest import storage
+        from harvest.dataset import storage
         fs, root = storage.open_fs(args.url)
         if not fs.exists(root):
             print(f"harvest {args.command}: no such output: {args.url}", file=sys.stderr)
             return EXIT_USAGE
     if args.command == "inspect":
-        from harvest.inspect_output import inspect_main
+        from harvest.dataset.inspect_output import inspect_main
         return inspect_main(args.url)
     if args.command == "validate":
-        from harvest.validate import validate_main
+        from harvest.dataset.validate import validate_main
         return validate_main(args.url)
     if args.command == "sample":
         from harvest.samples import make_sample_set
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
             print(path)
         return EXIT_OK
     if args.command == "card":
-        from harvest.card import card_main
+        from harvest.dataset.card import card_main
         return card_main(args.url, args.out, license=args.license, pretty_name=args.pretty_name,
                          contact=args.contact)
     if args.command == "report":

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from harvest.schema import CROP_MODES, PIPELINE_VERSION
+from harvest.dataset.schema import CROP_MODES, PIPELINE_VERSION
 
 
 def _opt(default, help: str):
@@ -116,5 +116,5 @@ class RunOptions:
     def __post_init__(self):
         if self.titles_per_worker < 1:
             raise ValueError("titles_per_worker must be >= 1")
-        from harvest.readers import validate_name
+        from harvest.video.readers import validate_name
         validate_name(self.decoder)

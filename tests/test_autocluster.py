@@ -1,13 +1,13 @@
-"""`auto` (training/autocluster.py), c1c's merge cap and the calibrated confidence, against
+"""`auto` (training/clustering/autocluster.py), c1c's merge cap and the calibrated confidence, against
 brute-force references; memory of the title adaptation pinned."""
 import tracemalloc
 
 import numpy as np
 import pytest
 
-from training import autocluster, confidence
-from training.c1c import c1c_tracks, track_diameters
-from training.finch import pairwise
+from training.clustering import autocluster, confidence
+from training.clustering.c1c import c1c_tracks, track_diameters
+from training.clustering.finch import pairwise
 
 
 def unit(x):

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from training import metrics, registry
+from training.evaluation import metrics
+from training import registry
 from training.data import iter_titles, list_shards, stream_batches
 from training.losses import BallClusterLoss
-from training.methods import Job, get as get_method, read_tracks
+from training.clustering.methods import Job, get as get_method, read_tracks
 from training.train import Objective, make_optimizer, run_epoch
 
 

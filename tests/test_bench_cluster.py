@@ -33,7 +33,7 @@ def test_generated_title_has_its_structure():
 
 
 def test_bench_prints_one_row_per_method(capsys):
-    from training import methods
+    from training.clustering import methods
     bench = _bench()
     bench.main(["--tracks", "300", "--inline", "--ann-from", "300", "--faces", "3", "8"])
     out = capsys.readouterr().out

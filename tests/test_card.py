@@ -15,7 +15,7 @@ import yaml
 from conftest import CROWD, FACE_PACK, need
 
 from harvest import cli
-from harvest import schema as S
+from harvest.dataset import schema as S
 
 _HARVEST: dict[str, str] = {}
 
@@ -129,7 +129,7 @@ def test_numbers_equal_the_manifest(out, card):
 
 
 def test_config_models_and_licences_come_from_the_shards(out, card):
-    from harvest.card import SETUP_FIELDS, default_config_matches, model_licence
+    from harvest.dataset.card import SETUP_FIELDS, default_config_matches, model_licence
     from harvest.faces.registry import BACKENDS
     _, body = split_card(card)
     metas = [S.read_metadata(pq.read_schema(p))
@@ -211,14 +211,14 @@ def test_the_default_harvest_declares_its_face_images(out, card):
 
 
 def test_size_categories_follow_the_hub_bins():
-    from harvest.card import size_category
+    from harvest.dataset.card import size_category
     assert [size_category(n) for n in (0, 999, 1000, 9999, 10_000, 169_400, 2_000_000)] == [
         "n<1K", "n<1K", "1K<n<10K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M"]
 
 
 def test_card_of_an_output_without_shards(tmp_path):
     """Every title failed: the card still parses, counts zero tracks and lists the columns."""
-    from harvest import storage
+    from harvest.dataset import storage
     fs, root = storage.open_fs(str(tmp_path))
     storage.write_record(fs, root, {
         "title_id": "bad-000000000000", "source": "file:///videos/bad.mp4", "status": "failed",
@@ -247,7 +247,7 @@ def synthetic_output(root, crops_per_track: int, detector_file: str, embedder_fi
     import numpy as np
     import pyarrow as pa
 
-    from harvest import storage
+    from harvest.dataset import storage
     from training.synthetic import SyntheticSpec, make_title
     fs, out = storage.open_fs(str(root))
     jpeg = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))[1].tobytes()

@@ -25,7 +25,7 @@ def _outputs(out):
 
 def test_cluster_labels_every_valid_track_once_and_resumes(harvested, tmp_path, capsys):
     from training.cli import cluster_main
-    from training.cluster_titles import DEFAULT_METHOD, META_KEY
+    from training.clustering.cluster_titles import DEFAULT_METHOD, META_KEY
     from training.data import list_shards
     root, title_of = harvested
     shards, out = str(root / "harvest" / "shards"), str(tmp_path / "clusters")
@@ -53,7 +53,7 @@ def test_cluster_labels_every_valid_track_once_and_resumes(harvested, tmp_path, 
         assert list(sizes) == sorted(sizes, reverse=True)            # id 0 = the largest
         conf = t["confidence"].to_numpy()
         assert ((conf > 0) & (conf < 1)).all()                           # a probability
-        from training.confidence import calibrate                         # a singleton: score 1
+        from training.clustering.confidence import calibrate                         # a singleton: score 1
         assert np.allclose(conf[sizes[t["cluster_id"].to_numpy()] == 1], calibrate(1.0), atol=1e-5)
     assert n_pairs > 0
     capsys.readouterr()

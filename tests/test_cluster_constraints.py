@@ -1,11 +1,11 @@
-"""HAC with cannot-link constraints (training.cluster): scipy without constraints, a brute-force
+"""HAC with cannot-link constraints (training.clustering.hac): scipy without constraints, a brute-force
 greedy reference with them, and the invariant that no cluster holds a cannot-linked pair."""
 import itertools
 
 import numpy as np
 import pytest
 
-from training.cluster import cannot_link_pairs, hac_constrained, hac_k, hac_threshold
+from training.clustering.hac import cannot_link_pairs, hac_constrained, hac_k, hac_threshold
 
 
 def canon(labels):

@@ -2,7 +2,7 @@
 one CPU per worker node) while machinery dies: a node removed under a running title, a worker
 process that crashes, a title that hangs, bad input, and the driver killed mid-run.
 
-Fault injection (harvest/faults.py) only fixes timing (a title waits on the node until the node is
+Fault injection (harvest/run/faults.py) only fixes timing (a title waits on the node until the node is
 gone) or plays a process death (``os._exit``); the node loss and the driver kill are real.
 """
 import json
@@ -16,10 +16,10 @@ import time
 import pytest
 
 from conftest import FACE_PACK, REPO, need
-from harvest import runner
+from harvest.run import runner
 from harvest.cli import EXIT_OK, EXIT_TITLES_FAILED, main
-from harvest.sources import list_sources
-from harvest.validate import validate_main
+from harvest.run.sources import list_sources
+from harvest.dataset.validate import validate_main
 
 N_TITLES = 6
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import CROWD, FACE_PACK, need
 from harvest.config import HarvestConfig, RunOptions
-from harvest.schema import PIPELINE_VERSION, read_metadata
+from harvest.dataset.schema import PIPELINE_VERSION, read_metadata
 
 STRIDE = 3          # crowd.mp4: 105 frames -> 35 detected frames, tracks of up to 35 faces
 PER_TRACK = 4       # well below the track lengths, so sample differs from all
@@ -24,7 +24,7 @@ def backend():
 
 def harvest(backend, crops: str, scratch: str) -> tuple:
     """-> (shard table, its metadata) of crowd.mp4 harvested with ``crops``."""
-    from harvest.pipeline import harvest_title
+    from harvest.title.pipeline import harvest_title
     config = HarvestConfig(backend="insightface", models=need(FACE_PACK), det_stride=STRIDE,
                            crops=crops, crops_per_track=PER_TRACK)
     result = harvest_title(need(CROWD), backend, config, RunOptions(scratch_dir=scratch))
@@ -41,7 +41,7 @@ def harvest(backend, crops: str, scratch: str) -> tuple:
 
 @pytest.fixture(scope="module")
 def shards(backend, tmp_path_factory):
-    import harvest.pipeline as P
+    import harvest.title.pipeline as P
     calls = []
     encode = P.encode_crops
 
@@ -61,10 +61,10 @@ def shards(backend, tmp_path_factory):
 
 
 def test_all_stores_every_face_as_its_realigned_crop(shards, backend):
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     from harvest.faces.base import Detections
-    from harvest.shard import decode_crop
-    from harvest.validate import validate_table
+    from harvest.dataset.shard import decode_crop
+    from harvest.dataset.validate import validate_table
     table, meta = shards["all"]
     assert read_metadata(table.schema)["pipeline_version"] == PIPELINE_VERSION == "1.3.0"
     assert validate_table(table) == []
@@ -104,8 +104,8 @@ def test_all_stores_every_face_as_its_realigned_crop(shards, backend):
 
 
 def test_sample_is_even_plus_tracklet_seeds_and_the_same_bytes_as_all(shards):
-    from harvest.miners import mine_tracklets
-    from harvest.validate import validate_table
+    from harvest.title.miners import mine_tracklets
+    from harvest.dataset.validate import validate_table
     sample, _ = shards["sample"]
     full, _ = shards["all"]
     assert validate_table(sample) == []
@@ -134,7 +134,7 @@ def test_sample_is_even_plus_tracklet_seeds_and_the_same_bytes_as_all(shards):
 
 
 def test_none_stores_and_encodes_nothing_and_other_columns_do_not_change(shards):
-    from harvest.validate import validate_table
+    from harvest.dataset.validate import validate_table
     none, _ = shards["none"]
     assert validate_table(none) == []
     assert shards["none_encoded"] == 0
@@ -165,7 +165,7 @@ def test_undetected_frames_of_a_track_get_interpolated_boxes(shards):
     """At stride 3 the frames between two detections are stored as interpolated boxes: detected +
     interpolated frames are every frame of the track's span, and each interpolated box lies
     between the two detections around it (the shard validates)."""
-    from harvest.validate import validate_table
+    from harvest.dataset.validate import validate_table
     table, _ = shards["none"]
     assert validate_table(table) == []
     rows = table.select(["frame_idx", "boxes", "interp_frame_idx", "interp_boxes"]).to_pylist()

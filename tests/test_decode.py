@@ -10,7 +10,7 @@ import pytest
 av = pytest.importorskip("av")
 decord = pytest.importorskip("decord")
 
-from harvest.decode import MAX_CHUNK_BYTES, ChunkedVideoReader, DecodeError, FrameChunk  # noqa: E402
+from harvest.video.decode import MAX_CHUNK_BYTES, ChunkedVideoReader, DecodeError, FrameChunk  # noqa: E402
 
 from conftest import CROWD, OPEN_GOP, need  # noqa: E402
 # Measured: decord contiguous chunks vs PyAV rgb24 are bit-identical (mean abs diff 0.0);

@@ -11,7 +11,7 @@ from harvest.faces.registry import BACKENDS, default_det_stride
 
 @pytest.fixture(scope="module")
 def crowd_frames():
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     with ChunkedVideoReader(need(CROWD), chunk_frames=4) as r:
         return list(next(iter(r.chunks())).frames[:3])
 

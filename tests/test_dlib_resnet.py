@@ -24,7 +24,7 @@ def backend():
 @pytest.fixture(scope="module")
 def chips(backend):
     """Aligned 150x150 chips: the sample identities' heads, two crowd frames' faces, 3 random."""
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     from harvest.samples import load_identities
 
     out = []

@@ -12,7 +12,7 @@ import pytest
 from test_card import harvest_output, manifest
 
 from harvest import cli
-from harvest import schema as S
+from harvest.dataset import schema as S
 
 
 @pytest.fixture(scope="module")

@@ -155,7 +155,7 @@ def harvests(tmp_path_factory, ray_cluster):
 def faces_of(output) -> tuple[dict, dict]:
     """{(frame, box): embedding} of every face of the one shard under ``output``, and its
     metadata."""
-    from harvest.schema import read_metadata
+    from harvest.dataset.schema import read_metadata
     (path,) = glob.glob(str(output / "shards" / "*.parquet"))
     table = pq.read_table(path, columns=["frame_idx", "boxes", "embeddings"])
     faces = {}
@@ -186,7 +186,7 @@ def test_adapted_pack_is_a_pack(harvests):
 
 
 def test_adapted_harvest_embeds_faces_as_the_head_does(harvests):
-    from harvest.validate import validate_main
+    from harvest.dataset.validate import validate_main
     root, best, out = harvests
     original, meta_o = faces_of(out["original"])
     adapted, meta_a = faces_of(out["adapted"])

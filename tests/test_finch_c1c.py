@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import training.finch as finch_mod
-from training.c1c import c1c, c1c_tracks, track_constraints
-from training.finch import finch, first_neighbours, longest_edge
+import training.clustering.finch as finch_mod
+from training.clustering.c1c import c1c, c1c_tracks, track_constraints
+from training.clustering.finch import finch, first_neighbours, longest_edge
 
 X = np.array([[x, 1] for x in (0, 0.3, 1.8, 1.2, 1.5, 6.0, 6.4, 7.9, 7.2, 7.4)])
 Z = np.array([[x, 1] for x in (0, 1, 3, 4, 10, 11, 13, 14, 30, 31, 33, 34)])
@@ -215,9 +215,9 @@ def test_c1c_min_cut_splits_a_first_neighbour_chain():
 
 
 def test_a_registered_neighbour_search_is_used_by_finch_and_c1c():
-    """The neighbour-search seam (``training.finch.SEARCHES``): a search registered by name is
+    """The neighbour-search seam (``training.clustering.finch.SEARCHES``): a search registered by name is
     the one FINCH and C1C call (``search`` parameter), and the exact search's results stay."""
-    from training.methods import Job, TitleTracks, get
+    from training.clustering.methods import Job, TitleTracks, get
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 16))
     faces = np.repeat(centres, 12, axis=0) + 0.05 * rng.normal(size=(48, 16))

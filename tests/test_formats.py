@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import FACE_PACK, need
-from harvest.decode import MAX_CHUNK_BYTES, ChunkedVideoReader, DecodeError
+from harvest.video.decode import MAX_CHUNK_BYTES, ChunkedVideoReader, DecodeError
 
 W, H = 160, 96               # display size of the generated videos
 MATCH = 12.0                 # mean abs diff of a lossy decode vs its own source frame (measured <= 3)
@@ -421,7 +421,7 @@ def format_dir(tmp_path_factory):
 def test_harvest_run_over_formats(format_dir, tmp_path, ray_cluster):
     import pyarrow.parquet as pq
     from harvest.cli import EXIT_TITLES_FAILED, main
-    from harvest.schema import read_metadata, shard_schema
+    from harvest.dataset.schema import read_metadata, shard_schema
     has_timestamps = "timestamps" in shard_schema(8).names  # the per-face timestamps column
     d, made, failed = format_dir
     out = tmp_path / "out"

@@ -115,7 +115,7 @@ def test_reader_comparison_of_the_nvdec_row(fault):
     candidate, or its pixels shifted, it fails."""
     import torch
     from conftest import OPEN_GOP
-    from harvest.readers import open_reader
+    from harvest.video.readers import open_reader
     video = need(OPEN_GOP)
     with open_reader(video, decoder="pyav") as ref, \
             open_reader(video, decoder="pyav", device=torch.device("cpu")) as cand:

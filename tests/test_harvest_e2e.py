@@ -15,8 +15,8 @@ import pytest
 
 from conftest import CROWD, FACE_PACK, need, write_no_face_video
 from harvest.cli import EXIT_OK, EXIT_TITLES_FAILED, EXIT_USAGE, main
-from harvest.schema import read_metadata
-from harvest.validate import validate_main
+from harvest.dataset.schema import read_metadata
+from harvest.dataset.validate import validate_main
 
 
 def digest(path):
@@ -90,7 +90,7 @@ def test_crowd_shard_is_valid_with_cannot_links(insight_run, capsys):
 
 def face_identity(truth, frame, box):
     """Ground-truth identity of a detected box: the truth box of that frame with IoU > 0.5."""
-    from harvest.tracking import iou_matrix
+    from harvest.title.tracking import iou_matrix
     rows = [r for r in truth.boxes if r[0] == frame]
     if not rows:
         return None
@@ -193,8 +193,8 @@ def test_worker_without_ray_on_memory_filesystem(inputs):
     """The per-title work is a plain function/class: fsspec memory:// output, unreadable source."""
     import fsspec
     from harvest.config import HarvestConfig
-    from harvest.sources import Source, list_sources
-    from harvest.worker import TitleWorker
+    from harvest.run.sources import Source, list_sources
+    from harvest.run.worker import TitleWorker
     d, _ = inputs
     fs = fsspec.filesystem("memory")
     fs.pipe("/in/no_faces.mp4", (d / "no_faces.mp4").read_bytes())

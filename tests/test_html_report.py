@@ -234,7 +234,7 @@ def test_crops_none_harvest_and_a_failed_title_still_get_a_report(harvested, chr
 def test_evaluate_and_cluster_reports_in_a_browser(harvested, chrome, tmp_path):
     from harvest.reports.page import MAX_STRIP
     from training.cli import cluster_main, evaluate_main
-    from training.cluster_titles import META_KEY
+    from training.clustering.cluster_titles import META_KEY
     root, title_of = harvested
     shards = str(root / "harvest" / "shards")
     ev = tmp_path / "eval"

@@ -23,7 +23,7 @@ import urllib.request
 import pytest
 
 from conftest import FACE_PACK, REPO, need
-from harvest.validate import validate_main
+from harvest.dataset.validate import validate_main
 
 
 def _free_ports(n):

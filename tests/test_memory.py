@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harvest.miners import mine_tracklets
-from harvest.miners.base import l2_normalize
+from harvest.title.miners import mine_tracklets
+from harvest.title.miners.base import l2_normalize
 
 MB = 1 << 20
 
@@ -46,7 +46,7 @@ def test_tracklets_of_a_10000_face_track_in_bounded_memory():
 def long_title(frames: int, dim: int, faces_per_frame: int = 2, batch_frames: int = 64):
     """FaceBatches of a synthetic title, generated lazily: walkers that leave and come back,
     a cut every 250 frames."""
-    from harvest.pipeline import FaceBatch
+    from harvest.title.pipeline import FaceBatch
     rng = np.random.default_rng(frames)
     people = l2_normalize(rng.normal(size=(faces_per_frame, dim)))
     for a in range(0, frames, batch_frames):
@@ -70,9 +70,9 @@ SMALL_FLUSH = 256 << 10   # spill / shard row groups of 256 KB: the titles below
 
 def run_title(frames: int, scratch: str) -> tuple[int, int]:
     """Stream a synthetic title through tracking, mining and the shard writer -> (faces, tracks)."""
-    from harvest import shard
+    from harvest.dataset import shard
     from harvest.config import HarvestConfig
-    from harvest.tracks import TitleTracker
+    from harvest.title.tracks import TitleTracker
     shard.FLUSH_BYTES = SMALL_FLUSH
     tracker = TitleTracker(HarvestConfig(), 25.0, DIM, scratch)
     for batch in long_title(frames, DIM):
@@ -87,7 +87,7 @@ def run_title(frames: int, scratch: str) -> tuple[int, int]:
 
 
 def test_streamed_title_memory_is_flat_in_title_length(tmp_path, monkeypatch):
-    from harvest import shard
+    from harvest.dataset import shard
     monkeypatch.setattr(shard, "FLUSH_BYTES", SMALL_FLUSH)
     run_title(300, str(tmp_path))                     # imports and caches out of the way
     peaks = {}
@@ -126,7 +126,7 @@ def test_streamed_title_peak_rss_is_flat_in_title_length():
 def one_face_shot(frames: int, dim: int, jpeg_bytes: int, batch_frames: int = 250):
     """FaceBatches of one face in one unbroken shot; face i's crop is ``jpeg_bytes`` bytes that
     name it (b"face 17 ....")."""
-    from harvest.pipeline import FaceBatch
+    from harvest.title.pipeline import FaceBatch
     rng = np.random.default_rng(1)
     person = l2_normalize(rng.normal(size=(1, dim)))
     for a in range(0, frames, batch_frames):
@@ -151,7 +151,7 @@ def test_a_long_open_track_holds_its_embeddings_not_its_crops(tmp_path):
     import pyarrow.parquet as pq
 
     from harvest.config import HarvestConfig
-    from harvest.tracks import TitleTracker
+    from harvest.title.tracks import TitleTracker
     frames, dim, jpeg = 20_000, 128, 3_000
     tracker = TitleTracker(HarvestConfig(crops="sample", crops_per_track=16), 25.0, dim,
                            str(tmp_path))
@@ -191,7 +191,7 @@ def test_a_failed_title_leaves_no_crop_spool(tmp_path):
     import os
 
     from harvest.config import HarvestConfig
-    from harvest.tracks import TitleTracker
+    from harvest.title.tracks import TitleTracker
     tracker = TitleTracker(HarvestConfig(crops="all"), 25.0, 64, str(tmp_path))
     for batch in one_face_shot(300, 64, 100, batch_frames=100):
         tracker.add(batch)
@@ -213,7 +213,7 @@ def write_4k_video(path: str, frames: int) -> str:
     import cv2
 
     from conftest import CROWD, need
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     with ChunkedVideoReader(need(CROWD), chunk_frames=1) as r:
         big = cv2.resize(next(iter(r.chunks())).frames[0], (3840, 2160))
     with av.open(path, "w") as out:
@@ -232,7 +232,7 @@ import resource, sys, tempfile
 sys.path[:0] = {path!r}
 from harvest.config import HarvestConfig, RunOptions
 from harvest.faces.registry import load_backend
-from harvest.pipeline import harvest_title
+from harvest.title.pipeline import harvest_title
 config = HarvestConfig(backend={backend!r}, models={models!r}, crops="none")
 backend = load_backend(config, threads=2)
 before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
@@ -263,7 +263,7 @@ RSS_BOUND_4K = {"insightface": 1_450 * MB, "torch": 3_200 * MB}
 @pytest.mark.parametrize("backend", ["insightface", "torch"])
 def test_a_4k_title_at_det_batch_64_stays_within_a_memory_bound(backend, video_4k):
     from conftest import FACE_PACK, need
-    from harvest.pipeline import MAX_HELD_FRAME_BYTES
+    from harvest.title.pipeline import MAX_HELD_FRAME_BYTES
     assert MAX_HELD_FRAME_BYTES // FRAME_4K == 16
     code = CHILD_4K.format(path=sys.path, backend=backend, models=need(FACE_PACK), video=video_4k)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
@@ -279,8 +279,8 @@ def _crowd_chunks(backend, frames: int):
     """The first ``frames`` frames of crowd.mp4 (1080p: chunks of 4 frames) as ShotChunks, on
     the backend's frame device."""
     from conftest import CROWD, need
-    from harvest.pipeline import ShotChunk
-    from harvest.readers import open_reader
+    from harvest.title.pipeline import ShotChunk
+    from harvest.video.readers import open_reader
     with open_reader(need(CROWD), device=backend.frame_device) as r:
         chunks = []
         for c in r.chunks():
@@ -321,7 +321,7 @@ def pack_backends():
 def test_detector_batches_stop_at_the_frame_byte_cap_with_the_same_results(name, pack_backends):
     """At stride 3 a batch of 64 frames is cut at the cap (here 3 full 1080p frames), and gives
     what one frame per call gives: boxes, landmarks, scores and aligned crops."""
-    from harvest.pipeline import detect_stage
+    from harvest.title.pipeline import detect_stage
     backend = pack_backends[name]
     chunks = _crowd_chunks(backend, 24)
     frame_bytes = 1920 * 1080 * 3
@@ -344,8 +344,8 @@ def test_a_strided_detector_batch_keeps_no_decode_chunk_alive(pack_backends):
     import weakref
 
     from conftest import CROWD, need
-    from harvest.pipeline import ShotChunk, detect_stage
-    from harvest.readers import open_reader
+    from harvest.title.pipeline import ShotChunk, detect_stage
+    from harvest.video.readers import open_reader
     buffers, alive = [], []
     backend = _CountingBackend(pack_backends["insightface"],
                                lambda: alive.append(sum(b() is not None for b in buffers)))
@@ -375,7 +375,7 @@ def test_detections_match_the_run_recorded_before_frames_were_prepared_one_by_on
     import json
 
     from conftest import CROWD, need
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     backend = pack_backends[name]
     with ChunkedVideoReader(need(CROWD), chunk_frames=35) as r:
         frames = [f for c in r.chunks() for i, f in enumerate(c.frames) if (c.start + i) % 5 == 0]

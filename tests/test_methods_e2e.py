@@ -72,7 +72,7 @@ def test_evaluate_known_k_and_cannot_link(harvested, tmp_path):
 
 
 def test_cannot_linked_tracks_never_share_a_cluster(harvested):
-    from training import methods
+    from training.clustering import methods
     from training.data import list_shards
     root, _ = harvested
     n_pairs = 0
@@ -128,7 +128,7 @@ def test_cluster_with_siamese_head_by_run_directory(siamese_runs, harvested, tmp
     import pyarrow.parquet as pq
 
     from training.cli import cluster_main
-    from training.cluster_titles import META_KEY
+    from training.clustering.cluster_titles import META_KEY
     from training.train import resolve_head
     root, title_of = harvested
     runs, _ = siamese_runs

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from training import cluster, metrics
+from training.clustering import hac
+from training.evaluation import metrics
 
 Y = [1] * 5 + [2] * 10 + [3] * 5
 C1 = [1, 1, 1, 2, 2, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 2]
@@ -58,21 +59,21 @@ def test_tpr_at_fpr_by_hand():
 
 def test_hac_threshold_methods_examples():
     t = 0.820420
-    assert list(cluster.hac_threshold(unit(0, 0.5, 2.0, 2.6), t)) == [1, 1, 2, 2]
-    np.testing.assert_allclose(cluster.dendrogram(unit(0, 0.5, 2.0, 2.6))[:, 2],
+    assert list(hac.hac_threshold(unit(0, 0.5, 2.0, 2.6), t)) == [1, 1, 2, 2]
+    np.testing.assert_allclose(hac.dendrogram(unit(0, 0.5, 2.0, 2.6))[:, 2],
                                [0.244835, 0.349329, 3.713778], atol=1e-6)
-    assert list(cluster.hac_threshold(unit(0, 1.2, 2.0, 3.0), t)) == [3, 1, 1, 2]
-    np.testing.assert_allclose(cluster.dendrogram(unit(0, 1.2, 2.0, 3.0))[:, 2],
+    assert list(hac.hac_threshold(unit(0, 1.2, 2.0, 3.0), t)) == [3, 1, 1, 2]
+    np.testing.assert_allclose(hac.dendrogram(unit(0, 1.2, 2.0, 3.0))[:, 2],
                                [0.606587, 2.454404, 3.979985], atol=1e-6)
 
 
 def test_hac_k_threshold_for_k_and_ap():
     x = unit(0, 0.05, 0.1, 2.0, 2.05, 4.0)
     for k in (1, 2, 3, 6):
-        assert len(set(cluster.hac_k(x, k))) == k
-        assert len(set(cluster.hac_threshold(x, cluster.threshold_for_k(x, k, "average"),
+        assert len(set(hac.hac_k(x, k))) == k
+        assert len(set(hac.hac_threshold(x, hac.threshold_for_k(x, k, "average"),
                                              "average"))) == k
-    labels = cluster.affinity_propagation(x)
+    labels = hac.affinity_propagation(x)
     assert labels[0] == labels[1] == labels[2] != labels[3]
 
 
@@ -80,7 +81,7 @@ def test_label_metrics_hold_no_dense_table_at_corpus_scale():
     """A pooled corpus of 1M tracks in 50K identities and 60K clusters: the contingency table
     would be 24 GB dense; the metrics use its non-zero cells only (memory O(N))."""
     import tracemalloc
-    from training.metrics import bcubed, nmi, overclustering_index, wcp
+    from training.evaluation.metrics import bcubed, nmi, overclustering_index, wcp
     rng = np.random.default_rng(0)
     y = rng.integers(0, 50_000, 1_000_000)
     c = (y + (rng.random(len(y)) < 0.1) * rng.integers(1, 10_000, len(y))) % 60_000

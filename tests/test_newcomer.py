@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, write_no_face_video
 
 from harvest import cli as harvest_cli
-from harvest import schema as S
+from harvest.dataset import schema as S
 from harvest.config import HarvestConfig, RunOptions
 from training import cli as training_cli
 from training.synthetic import SyntheticSpec, write_dataset
@@ -241,7 +241,7 @@ def test_train_overwrite_starts_over_and_resume_continues(syn, tmp_path, capsys,
 # --- Ray start-up on the console --------------------------------------------------------------
 
 def test_ray_start_says_what_happens_and_keeps_rays_chatter_out(tmp_path):
-    code = ("from harvest.raystart import init_ray; import ray, logging; "
+    code = ("from harvest.run.raystart import init_ray; import ray, logging; "
             "init_ray(num_cpus=1); logging.getLogger('ray').warning('a real warning'); "
             "ray.shutdown()")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
@@ -258,8 +258,8 @@ def test_ray_start_says_what_happens_and_keeps_rays_chatter_out(tmp_path):
 # --- what the tables say ----------------------------------------------------------------------
 
 def test_inspect_counts_valid_tracks_in_both_tables(syn, tmp_path, capsys):
-    from harvest import storage
-    from harvest.inspect_output import inspect_main
+    from harvest.dataset import storage
+    from harvest.dataset.inspect_output import inspect_main
     fs, root = storage.open_fs(str(tmp_path))
     fs.makedirs(f"{root}/shards")
     valid = {}
@@ -290,7 +290,7 @@ def test_inspect_counts_valid_tracks_in_both_tables(syn, tmp_path, capsys):
 def test_read_pandas_keeps_nullable_integers(syn):
     import pandas as pd
 
-    from harvest.dataset_io import read_pandas
+    from harvest.dataset.dataset_io import read_pandas
     table = pq.read_table(syn["shards"], columns=["track_id", "hard_negative"])
     nulls = table["hard_negative"].null_count
     assert 0 < nulls < table.num_rows                   # some tracks have no hard negative

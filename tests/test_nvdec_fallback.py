@@ -18,9 +18,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harvest import readers  # noqa: E402
-from harvest.decode import ChunkedVideoReader, ReaderFailed  # noqa: E402
-from harvest.nvdec import NvdecReader  # noqa: E402
+from harvest.video import readers  # noqa: E402
+from harvest.video.decode import ChunkedVideoReader, ReaderFailed  # noqa: E402
+from harvest.video.nvdec import NvdecReader  # noqa: E402
 
 from conftest import FACE_PACK, need  # noqa: E402
 from test_formats import write_video  # noqa: E402
@@ -171,9 +171,9 @@ def test_a_title_nvdec_cannot_finish_is_harvested_again_on_the_cpu(tmp_path, reg
     import pyarrow.parquet as pq
     from harvest.config import HarvestConfig, RunOptions
     from harvest.samples import ShotSpec, make_clip
-    from harvest.schema import read_metadata
-    from harvest.sources import list_sources
-    from harvest.worker import TitleWorker
+    from harvest.dataset.schema import read_metadata
+    from harvest.run.sources import list_sources
+    from harvest.run.worker import TitleWorker
 
     title = str(tmp_path / "two_shots.mp4")
     truth = make_clip(title, [ShotSpec((0, 1), 20, 1), ShotSpec((2,), 20, 2)], width=320,

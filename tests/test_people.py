@@ -99,7 +99,7 @@ def test_build_covers_every_valid_track_once_and_honours_cannot_links(built):
 
 def test_people_span_titles_and_match_the_labels(built):
     from training.cli import _track_identities
-    from training.metrics import clustering_scores
+    from training.evaluation.metrics import clustering_scores
     root, _, store, _, _ = built
     ids = _track_identities(str(root / "harvest" / "shards"), str(root / "videos" / "labels.csv"))
     got = assignments(store)

@@ -84,7 +84,7 @@ def test_readme_series_workflow(tmp_path, ray_cluster, capsys):
             id0 = [got[k] for k, who in ids.items() if who == "id0" and k in got]
             assert int(top[2]) == max(set(id0), key=id0.count), printed   # the photo's person
         if tokens[:2] == ["people", "remove"]:
-            from harvest.validate import validate_main
+            from harvest.dataset.validate import validate_main
             assert validate_main(str(out)) == 0
             rows = pq.read_table(store / "people.parquet").to_pylist()
             assert "Grace" not in [r["name"] for r in rows]

@@ -22,7 +22,7 @@ def harvested(tmp_path_factory, ray_cluster):
 
 def copy_output(src, dst):
     """A harvest output copied elsewhere, its records pointing at the copy's shards."""
-    from harvest import storage
+    from harvest.dataset import storage
     shutil.copytree(src, dst)
     for f in os.listdir(dst / storage.RECORDS_DIR):
         p = dst / storage.RECORDS_DIR / f
@@ -47,7 +47,7 @@ def people(*argv) -> int:
 def test_photo_search_then_takedown_by_photo(harvested, tmp_path, capsys):
     from harvest.faces.photo import embed_photo
     from harvest.samples import write_photos
-    from harvest.validate import validate_output
+    from harvest.dataset.validate import validate_output
     from training.cli import _track_identities
     root, _ = harvested
     out = copy_output(root / "harvest", tmp_path / "harvest")

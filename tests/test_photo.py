@@ -15,7 +15,7 @@ import pytest
 from conftest import FACE_PACK, SCRFD_2_5G, need
 from test_card import harvest_output
 
-from harvest import schema as S
+from harvest.dataset import schema as S
 from harvest.faces.photo import NoFace, PackMismatch, check_pack, embed_photo, pack_fingerprint
 
 

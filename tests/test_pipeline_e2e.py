@@ -8,7 +8,7 @@ import pytest
 
 from conftest import FACE_PACK, need
 from harvest.cli import EXIT_OK, main as harvest_main
-from harvest.validate import validate_main
+from harvest.dataset.validate import validate_main
 
 HEADS = {
     "imptriplet": dict(lr=0.05, batch_size=32),

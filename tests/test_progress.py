@@ -7,9 +7,9 @@ import shutil
 from conftest import CROWD, FACE_PACK, need
 from harvest.cli import progress_line
 from harvest.config import HarvestConfig, RunOptions
-from harvest.decode import MAX_CHUNK_BYTES
-from harvest.report import summary_table
-from harvest.runner import harvest_sources, plan_run
+from harvest.video.decode import MAX_CHUNK_BYTES
+from harvest.reports.summary import summary_table
+from harvest.run.runner import harvest_sources, plan_run
 
 
 def test_running_title_reports_increasing_positions(ray_cluster, tmp_path):

@@ -1,4 +1,4 @@
-"""Reader registry (harvest.readers): the choice rules, the CPU fallback with its reason, and
+"""Reader registry (harvest.video.readers): the choice rules, the CPU fallback with its reason, and
 frames handed on as device tensors (the path NVDEC frames take), tested on the CPU.
 
 The NVDEC reader itself needs an NVIDIA GPU and PyNvVideoCodec; here its rules are tested on real
@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harvest.decode import ChunkedVideoReader  # noqa: E402
-from harvest.readers import READERS, PyAVReader, choices, open_reader, validate_name  # noqa: E402
-from harvest.nvdec import NvdecReader  # noqa: E402
-from harvest.shots import ShotDetector, frame_signatures  # noqa: E402
+from harvest.video.decode import ChunkedVideoReader  # noqa: E402
+from harvest.video.readers import READERS, PyAVReader, choices, open_reader, validate_name  # noqa: E402
+from harvest.video.nvdec import NvdecReader  # noqa: E402
+from harvest.video.shots import ShotDetector, frame_signatures  # noqa: E402
 
 from conftest import CROWD, OPEN_GOP, need  # noqa: E402
 from test_formats import write_video  # noqa: E402
@@ -146,7 +146,7 @@ def test_detector_batches_span_decode_chunks(tmp_path):
     GPU batch of 64 is not cut to 4. The CPU onnxruntime backend prefers one frame per call."""
     from harvest.config import HarvestConfig, RunOptions
     from harvest.faces.insightface_backend import InsightFaceBackend
-    from harvest.pipeline import harvest_title
+    from harvest.title.pipeline import harvest_title
     from conftest import FACE_PACK
 
     class Recording(InsightFaceBackend):

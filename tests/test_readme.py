@@ -317,7 +317,7 @@ def _table(page: Path, section: str) -> list[list[str]]:
 
 
 def test_schema_page_documents_every_shard_column():
-    from harvest.schema import COLUMN_DESCRIPTIONS, shard_schema
+    from harvest.dataset.schema import COLUMN_DESCRIPTIONS, shard_schema
     schema = shard_schema(128)
     rows = _table(ROOT / "docs" / "schema.md", "Shard columns")
     names = [r[0].strip("`") for r in rows]
@@ -329,7 +329,7 @@ def test_schema_page_documents_every_shard_column():
 
 def test_schema_page_documents_metadata_and_manifest():
     from harvest.config import HarvestConfig
-    from harvest.schema import CROP_METADATA, MANIFEST_FIELDS, METADATA_FIELDS
+    from harvest.dataset.schema import CROP_METADATA, MANIFEST_FIELDS, METADATA_FIELDS
     text = (ROOT / "docs" / "schema.md").read_text()
     fields = {*METADATA_FIELDS, *CROP_METADATA, *HarvestConfig().settings(), *MANIFEST_FIELDS,
               "attempts", "decoder", "decoder_fallback"}
@@ -337,19 +337,19 @@ def test_schema_page_documents_metadata_and_manifest():
 
 
 def test_schema_page_documents_the_cluster_output():
-    from training.cluster_titles import SCHEMA
+    from training.clustering.cluster_titles import SCHEMA
     rows = _table(ROOT / "docs" / "schema.md", "Cluster output")
     assert [r[0].strip("`") for r in rows] == SCHEMA.names
 
 
 def test_readme_names_every_shard_column():
-    from harvest.schema import shard_schema
+    from harvest.dataset.schema import shard_schema
     text = README.read_text()
     assert [n for n in shard_schema(128).names if f"`{n}`" not in text] == []
 
 
 def test_readme_states_the_cluster_default():
     """The README's one statement of `cluster`'s default method is the code's."""
-    from training.cluster_titles import DEFAULT_METHOD
+    from training.clustering.cluster_titles import DEFAULT_METHOD
     stated = re.findall(r"\*\*Default method:\*\* `([^`]+)`", README.read_text())
     assert stated == [DEFAULT_METHOD]

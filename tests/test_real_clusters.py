@@ -39,7 +39,7 @@ def test_benchmark_rows_and_invariants(poker, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "harvested" not in printed                         # the cached harvest is reused
     rows = json.loads(out.read_text())["rows"]
-    from training.methods import METHODS
+    from training.clustering.methods import METHODS
     k_free = {n for n, m in METHODS.items() if m.parameter_free and not m.crops}
     named = {"auto (cut only)" if m == "auto" else m for m in k_free}
     assert {r["method"] for r in rows} == named | {"auto (default)", "c1c (cap=chain)"} | {
@@ -59,7 +59,7 @@ def test_benchmark_rows_and_invariants(poker, tmp_path, capsys):
 
 def test_auto_on_a_real_title_keeps_co_occurring_people_apart_and_merges(poker):
     bench, _, clip = poker
-    from training.methods import Job, get, track_confidence
+    from training.clustering.methods import Job, get, track_confidence
     tracks = clip.tracks
     pairs = tracks.cannot_link_pairs()
     assert len(pairs)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from training import data, methods, registry
+from training import data, registry
+from training.clustering import methods
 from training.data import build_samples, iter_titles, list_shards, read_title, stream_batches
 from training.synthetic import SyntheticSpec, write_dataset
 
@@ -103,7 +104,7 @@ def test_method_registry_flags_and_labels(dataset):
     job = methods.Job(tracks, emb)
     conf = methods.track_confidence(job, methods.get("c1c")(job))
     assert conf.shape == (tracks.n_tracks,) and ((conf > 0) & (conf < 1)).all()
-    from training.confidence import calibrate
+    from training.clustering.confidence import calibrate
     single = methods.track_confidence(job, np.arange(tracks.n_tracks))   # every track alone
     np.testing.assert_allclose(single, calibrate(1.0))
     one = methods.track_confidence(job, np.zeros(tracks.n_tracks, np.int64))
@@ -154,8 +155,8 @@ def test_head_resolver_takes_run_and_checkpoint_dirs(tmp_path):
 def test_cluster_title_with_a_head_that_has_its_own_cut(dataset, tmp_path):
     """BCL carries its stopping rule (4b, complete linkage): `cluster` may use hac-threshold
     with it, never without a head; the labels are the head's HAC at that cut."""
-    from training import cluster as hac
-    from training.cluster_titles import label_title, make_config
+    from training.clustering import hac
+    from training.clustering.cluster_titles import label_title, make_config
     from training.data import shard_info
     from training.train import Objective, load_head, make_optimizer, save_state
     hp = registry.get("bcl").hparams()

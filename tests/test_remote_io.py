@@ -35,9 +35,9 @@ def s3(monkeypatch):
 
 def test_s3_in_s3_out(s3, tmp_path):
     from harvest.config import HarvestConfig
-    from harvest.sources import list_sources
-    from harvest.validate import validate_output
-    from harvest.worker import TitleWorker
+    from harvest.run.sources import list_sources
+    from harvest.dataset.validate import validate_output
+    from harvest.run.worker import TitleWorker
     from harvest.samples import ShotSpec, make_clip
 
     make_clip(str(tmp_path / "clip.mp4"), [ShotSpec((0, 1), 30, 0), ShotSpec((1, 2), 30, 1)])

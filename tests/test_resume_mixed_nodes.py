@@ -16,9 +16,9 @@ import pytest
 
 from conftest import FACE_PACK, SHARED, need, write_no_face_video
 from harvest.config import HarvestConfig, RunOptions
-from harvest.runner import plan_run
-from harvest.schema import read_metadata
-from harvest.worker import requested_config_hash
+from harvest.run.runner import plan_run
+from harvest.dataset.schema import read_metadata
+from harvest.run.worker import requested_config_hash
 
 SCRFD_500M = SHARED / "models" / "scrfd_500m_bnkps.onnx"
 
@@ -62,8 +62,8 @@ def test_titles_a_gpu_worker_did_are_skipped_by_a_cpu_driver(titles, tmp_path, m
     """Record level, one process: a worker where auto means torch harvests the titles; then the
     driver, with no GPU visible (auto means insightface), plans the re-run: nothing to do."""
     from harvest.faces.torch_backend import TorchFaceBackend
-    from harvest.sources import list_sources
-    from harvest.worker import TitleWorker
+    from harvest.run.sources import list_sources
+    from harvest.run.worker import TitleWorker
     config = HarvestConfig(backend="auto", models=need(FACE_PACK), det_stride=2)
     out = tmp_path / "out"
     with monkeypatch.context() as m:       # the GPU worker: torch is the first usable backend

@@ -1,4 +1,4 @@
-"""harvest.storage: layout, round trips and atomic writes on local paths, file:// and memory://."""
+"""harvest.dataset.storage: layout, round trips and atomic writes on local paths, file:// and memory://."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,8 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from harvest import schema as S
-from harvest import storage
+from harvest.dataset import schema as S
+from harvest.dataset import storage
 
 D = 4
 

@@ -1,4 +1,4 @@
-"""Takedown (``harvest.takedown.remove_tracks``) on a real harvest (crowd.mp4, a two-shot sample
+"""Takedown (``harvest.dataset.takedown.remove_tracks``) on a real harvest (crowd.mp4, a two-shot sample
 clip and a failed title, SCRFD + MobileFaceNet; the session's harvest of tests/test_card.py,
 copied per test): rows gone, constraints of the remaining tracks consistent and re-mined by the
 harvest's rule, records / manifest / card / audit log consistent, `harvest validate` clean,
@@ -15,11 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from test_card import harvest_output
 
-from harvest import cli, storage
-from harvest import schema as S
-from harvest.card import build_card
-from harvest.takedown import AUDIT_FILE, PENDING_DIR, remove_tracks
-from harvest.validate import validate_output
+from harvest import cli
+from harvest.dataset import storage
+from harvest.dataset import schema as S
+from harvest.dataset.card import build_card
+from harvest.dataset.takedown import AUDIT_FILE, PENDING_DIR, remove_tracks
+from harvest.dataset.validate import validate_output
 
 CONSTRAINTS = ("cannot_link", "hard_negative")
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import CROWD, FACE_PACK, need
 from harvest.config import HarvestConfig
 from harvest.faces.registry import load_backend, resolve
-from harvest.tracking import iou_matrix
+from harvest.title.tracking import iou_matrix
 
 
 
@@ -46,7 +46,7 @@ def backends():
 
 @pytest.fixture(scope="module")
 def crowd_every_5th():
-    from harvest.decode import ChunkedVideoReader
+    from harvest.video.decode import ChunkedVideoReader
     with ChunkedVideoReader(need(CROWD), chunk_frames=35) as r:
         return [f for c in r.chunks() for i, f in enumerate(c.frames) if (c.start + i) % 5 == 0]
 
@@ -175,9 +175,9 @@ def test_harvest_gives_the_same_tracks_with_either_backend(tmp_path):
     """The whole per-title pipeline (a worker, no Ray) with each backend: the same tracks."""
     import pyarrow.parquet as pq
     from harvest.faces.agreement import match_tracks, read_tracks
-    from harvest.sources import list_sources
-    from harvest.worker import TitleWorker
-    from harvest.schema import read_metadata
+    from harvest.run.sources import list_sources
+    from harvest.run.worker import TitleWorker
+    from harvest.dataset.schema import read_metadata
     source = list_sources(need(CROWD))[0]
     tracks, meta = {}, {}
     for name in ("insightface", "torch"):

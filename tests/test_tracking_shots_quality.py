@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from harvest.quality import mad_outliers
-from harvest.shots import ShotDetector
-from harvest.stages import StageTimes, run_chain
-from harvest.tracking import iou_matrix, link_tracks
+from harvest.title.quality import mad_outliers
+from harvest.video.shots import ShotDetector
+from harvest.title.stages import StageTimes, run_chain
+from harvest.title.tracking import iou_matrix, link_tracks
 
 
 def test_iou_matrix():
@@ -130,7 +130,7 @@ def synthetic_faces(seed, frames=400, dim=8):
     """Walkers in shots of ~40 frames, present with gaps, plus one-frame false positives:
     -> (shot boundaries, columns of faces sorted by frame; detection order inside a frame
     shuffled)."""
-    from harvest.miners.base import l2_normalize
+    from harvest.title.miners.base import l2_normalize
     rng = np.random.default_rng(seed)
     cuts = np.sort(rng.choice(np.arange(20, frames), size=frames // 40, replace=False))
     shot_of = lambda f: int(np.searchsorted(cuts, f, side="right"))  # noqa: E731
@@ -160,7 +160,7 @@ def synthetic_faces(seed, frames=400, dim=8):
 
 
 def test_linker_fed_frame_by_frame_closes_tracks_early_and_reports_co_occurrence():
-    from harvest.tracking import TrackLinker
+    from harvest.title.tracking import TrackLinker
     _, faces = synthetic_faces(0)
     f, boxes, shot = faces["frame_idx"], faces["boxes"], faces["shot"]
     linker = TrackLinker(0.3, 5)
@@ -191,7 +191,7 @@ def batch_reference(faces, config, fps):
     """The whole-title definition (what the pipeline computed before streaming): link every
     face at once, then quality/validity, cannot-link, tracklets and hard negatives on a TrackSet."""
     from miner_reference import TrackSet, adjacency, cannot_link_pairs, hard_negatives, tracklets
-    from harvest.quality import face_quality, face_size, track_quality
+    from harvest.title.quality import face_quality, face_size, track_quality
     max_gap = max(config.det_stride, int(round(config.max_gap_seconds * fps)))
     members = link_tracks(faces["frame_idx"], faces["boxes"], faces["shot"],
                           iou_threshold=config.iou_threshold, max_gap=max_gap)
@@ -222,11 +222,11 @@ def batch_reference(faces, config, fps):
 def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
     import pyarrow.parquet as pq
     from harvest.config import HarvestConfig
-    from harvest.pipeline import FaceBatch
-    from harvest.tracks import TitleTracker
-    from harvest.validate import validate_table
-    from harvest.tracks import crop_positions
-    from harvest.shard import encode_crops
+    from harvest.title.pipeline import FaceBatch
+    from harvest.title.tracks import TitleTracker
+    from harvest.dataset.validate import validate_table
+    from harvest.title.tracks import crop_positions
+    from harvest.dataset.shard import encode_crops
     bounds, faces = synthetic_faces(seed)
     config, fps = HarvestConfig(min_track_seconds=0.4, quality_mad_k=1.0, crops="sample",
                                 crops_per_track=4), 25.0
@@ -277,8 +277,8 @@ def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
 
 def test_streamed_shard_bytes_are_deterministic(tmp_path):
     from harvest.config import HarvestConfig
-    from harvest.pipeline import FaceBatch
-    from harvest.tracks import TitleTracker
+    from harvest.title.pipeline import FaceBatch
+    from harvest.title.tracks import TitleTracker
     bounds, faces = synthetic_faces(5, frames=150)
     meta = dict(title_id="t", source_uri="x", fps=25.0, width=640, height=360, frame_count=150,
                 backend="b", detector_file="", detector_sha256="", embedder_file="",
@@ -300,9 +300,9 @@ def test_harvest_title_leaves_no_scratch_files(tmp_path):
     removed when the title fails mid-way."""
     from conftest import write_no_face_video
     from harvest.config import HarvestConfig, RunOptions
-    from harvest.decode import DecodeError
+    from harvest.video.decode import DecodeError
     from harvest.faces.registry import load_backend
-    from harvest.pipeline import harvest_title
+    from harvest.title.pipeline import harvest_title
     config = HarvestConfig(backend="dlib")
     backend = load_backend(config)
     scratch = tmp_path / "scratch"
@@ -328,7 +328,7 @@ def test_harvest_title_leaves_no_scratch_files(tmp_path):
 
 
 def test_interpolate_boxes_matches_a_per_frame_loop():
-    from harvest.tracking import interpolate_boxes
+    from harvest.title.tracking import interpolate_boxes
     rng = np.random.default_rng(3)
     for _ in range(50):
         frames = np.cumsum(rng.integers(1, 6, rng.integers(1, 30))) + int(rng.integers(0, 100))

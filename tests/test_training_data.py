@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harvest.schema import read_metadata, shard_schema
+from harvest.dataset.schema import read_metadata, shard_schema
 from training.data import (build_samples, collate, deal_titles, iter_titles, list_shards,
                            read_title, shard_info, split_titles, stream_batches)
 from training.synthetic import SyntheticSpec, write_dataset

@@ -1,4 +1,4 @@
-"""harvest.validate: a hand-built valid shard validates clean; each broken invariant is reported."""
+"""harvest.dataset.validate: a hand-built valid shard validates clean; each broken invariant is reported."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from harvest import schema as S
-from harvest import storage
-from harvest.validate import validate_main, validate_output, validate_table
+from harvest.dataset import schema as S
+from harvest.dataset import storage
+from harvest.dataset.validate import validate_main, validate_output, validate_table
 
 D = 4
 META = {
@@ -23,7 +23,7 @@ META = {
 
 
 def _jpeg(rng, size=112):
-    from harvest.shard import encode_crops
+    from harvest.dataset.shard import encode_crops
     return encode_crops(rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8))[0]
 
 
@@ -45,11 +45,11 @@ def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, v
                      for m in members]
     else:
         members, tracklets = [], None
-    from harvest.miners.hard_positive import tracklet_seeds
-    from harvest.tracks import crop_positions
+    from harvest.title.miners.hard_positive import tracklet_seeds
+    from harvest.title.tracks import crop_positions
     seeds = tracklet_seeds(np.asarray(emb, np.float32), members)
     positions = crop_positions(n, META["crops"], META["crops_per_track"], seeds).tolist()
-    from harvest.tracking import interpolate_boxes
+    from harvest.title.tracking import interpolate_boxes
     boxes = [[10 + i, 20, 50 + i, 70] for i in x.tolist()]
     interp_frames, interp_boxes = interpolate_boxes(np.asarray(frames), np.asarray(boxes))
     return {
@@ -128,7 +128,7 @@ def _crop_of_size(i, size):
 
 
 def _drop_seed(rows):   # the anchor seed of track 3 loses its crop
-    from harvest.miners.hard_positive import tracklet_seeds
+    from harvest.title.miners.hard_positive import tracklet_seeds
     r = rows[2]
     seed = tracklet_seeds(np.asarray(r["embeddings"], np.float32), r["tracklet_members"])[0]
     k = r["crop_positions"].index(seed)
@@ -308,7 +308,7 @@ def test_validate_output_orphan_shard_in_memory_fs():
 
 
 def test_inspect_prints_manifest_and_shards(tmp_path, capsys):
-    from harvest.inspect_output import inspect_main
+    from harvest.dataset.inspect_output import inspect_main
     fs, root, records = _write_output(str(tmp_path), n=2)
     storage.write_record(fs, root, dict(records["t1"], status=S.STATUS_FAILED, error="x" * 200))
     (tmp_path / "shards" / "junk.parquet").write_bytes(b"not parquet")

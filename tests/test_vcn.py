@@ -1,4 +1,4 @@
-"""VideoClusterNet (`vcn`, training/vcn.py): the methods.md 5.3 test vectors against our
+"""VideoClusterNet (`vcn`, training/clustering/vcn.py): the methods.md 5.3 test vectors against our
 functions, the blockwise loss-as-distance against a brute-force loop over crop pairs, the
 recogniser's tail run on a perturbed inner feature (SER-FIQ dropout), and `evaluate` / `cluster`
 with `--method vcn` on a real labelled harvest (SCRFD + MobileFaceNet pack, Ray)."""
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FACE_PACK, need
-from training import vcn
+from training.clustering import vcn
 
 A = np.array([[0, 0], [0.5, 0.1], [-0.3, 0.4], [0.2, -0.5], [0.6, 0.6], [-0.6, -0.2],
               [0.1, 0.3], [-0.2, -0.4]])
@@ -125,7 +125,7 @@ def harvested(tmp_path_factory, ray_cluster):
 
 
 def test_vcn_refuses_a_shard_without_crops(harvested):
-    from training import methods
+    from training.clustering import methods
     from training.data import list_shards
     root, _ = harvested
     tracks, _ = methods.read_tracks(list_shards(str(root / "harvest" / "shards"))[0])

@@ -11,12 +11,13 @@ import argparse
 import os
 import sys
 
-from training import cluster, methods, registry
-from training.evaluate import DEFAULT_METHODS
+from training.clustering import hac, methods
+from training import registry
+from training.evaluation.evaluate import DEFAULT_METHODS
 
 
 PARAM_HELP = ("method parameters over their defaults (JSON values), e.g. vcn's models=DIR "
-              "device=cuda steps=4; the names are in training/methods.py")
+              "device=cuda steps=4; the names are in training/clustering/methods.py")
 HEAD_HELP = ("a trained head: a `train` run directory (--output/NAME: its best checkpoint), "
              "a checkpoint directory, or the published BCL file")
 DEFAULT = " (default: %(default)s)"
@@ -76,7 +77,7 @@ def _main(prog: str, body, argv) -> int:
 
 
 def _ray_init(verbose: bool = False):
-    from harvest.raystart import init_ray
+    from harvest.run.raystart import init_ray
     init_ray(verbose)   # joins the job's cluster under `ray job submit`, else starts a local one
 
 
@@ -177,7 +178,7 @@ def _track_identities(shards: str, labels_url: str) -> dict:
 
     from training.columns import BOXES, FRAME_IDX, TRACK_ID
     from training.data import _fs, shard_info
-    from training.labels import assign, read_labels
+    from training.evaluation.labels import assign, read_labels
     labels, out = read_labels(labels_url), {}
     for info in shard_info(shards):
         key = labels.key_for(info["title_id"], info["source_uri"])
@@ -206,7 +207,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="HAC methods never join two tracks that share a frame")
     p.add_argument("--known-k", action="store_true",
                    help="finch/c1c stop at the title's identity count (default: parameter-free)")
-    p.add_argument("--linkage", default="average", choices=cluster.LINKAGES,
+    p.add_argument("--linkage", default="average", choices=hac.LINKAGES,
                    help="HAC linkage (BCL's hac-threshold always uses complete)" + DEFAULT)
     p.add_argument("--val-titles", nargs="+",
                    help="titles that set the hac-threshold cut (default: leave-one-title-out)")
@@ -225,7 +226,7 @@ def _evaluate(argv) -> int:
     check_shards(args.shards, titles=args.titles, val_titles=args.val_titles)
     check_path("--labels", args.labels)
     check_path("--head", args.head)
-    from training.evaluate import NoLabelledTitle, evaluate, format_table, write_json
+    from training.evaluation.evaluate import NoLabelledTitle, evaluate, format_table, write_json
     try:
         records = evaluate(args.shards, args.titles, args.labels, head=args.head,
                            methods=args.method, linkage=args.linkage, val_titles=args.val_titles,
@@ -240,7 +241,7 @@ def _evaluate(argv) -> int:
 
 
 def cluster_parser() -> argparse.ArgumentParser:
-    from training.cluster_titles import DEFAULT_METHOD
+    from training.clustering.cluster_titles import DEFAULT_METHOD
     p = argparse.ArgumentParser(prog="cluster", description="Label the valid tracks of every "
                                 "title with person ids (no labels, K or threshold needed).")
     p.add_argument("--shards", required=True, help="directory/URL of harvested Parquet shards")
@@ -270,7 +271,7 @@ def _cluster(argv) -> int:
     check_shards(args.shards, titles=args.titles)
     check_path("--head", args.head)
     check_dir("--output", args.output)
-    from training.cluster_titles import make_config, run
+    from training.clustering.cluster_titles import make_config, run
     try:
         params = methods.parse_params(args.param)
         make_config(args.method, args.head, args.cannot_link, params)
@@ -282,7 +283,7 @@ def _cluster(argv) -> int:
     n = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"cluster: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed -> {args.output}")
     if args.report:
-        from training.cluster_titles import write_report
+        from training.clustering.cluster_titles import write_report
         print(f"report: {write_report(args.shards, args.output, args.report, args.titles)}")
     return 1 if n["failed"] else 0
 

@@ -1,18 +1,18 @@
-"""Shard column names used by training, checked against the contract in ``harvest.schema``.
+"""Shard column names used by training, checked against the contract in ``harvest.dataset.schema``.
 
-Every name is validated against ``harvest.schema.shard_schema`` at import time, so a rename in
+Every name is validated against ``harvest.dataset.schema.shard_schema`` at import time, so a rename in
 the contract fails here loudly instead of silently reading a missing column.
 """
 from __future__ import annotations
 
-from harvest.schema import shard_schema
+from harvest.dataset.schema import shard_schema
 
 _CONTRACT = frozenset(shard_schema(1).names)
 
 
 def _col(name: str) -> str:
     if name not in _CONTRACT:
-        raise KeyError(f"column {name!r} is not in harvest.schema.shard_schema")
+        raise KeyError(f"column {name!r} is not in harvest.dataset.schema.shard_schema")
     return name
 
 

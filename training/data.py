@@ -44,8 +44,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from harvest.schema import embedding_dim, read_metadata
-from harvest.storage import is_local
+from harvest.dataset.schema import embedding_dim, read_metadata
+from harvest.dataset.storage import is_local
 from training.columns import (CANNOT_LINK, EMBEDDINGS, FRAME_IDX, HARD_NEGATIVE, IS_VALID,
                               MEAN_EMBEDDING, TITLE_ID, TRACK_ID, TRACKLETS, TRAIN_COLUMNS)
 

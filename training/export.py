@@ -14,7 +14,7 @@ then the head. ``export`` writes ``head.onnx`` and, given a pack, a pack directo
 ``harvest run --models`` takes as it is: the detector copied byte for byte, the adapted
 recogniser, and ``export.json`` naming the head (checkpoint sha256) it carries; the same record
 is stored in the adapted model's ``metadata_props``. Every file is written atomically
-(``harvest.storage.write_atomic``), and every ONNX model is checked against the torch head on
+(``harvest.dataset.storage.write_atomic``), and every ONNX model is checked against the torch head on
 onnxruntime before anything is written.
 
 Which heads translate: the layer types below (Linear, ReLU, BatchNorm1d, Dropout, Identity,
@@ -287,13 +287,13 @@ def checkpoint_file(head_path: str) -> str:
 def _sha256(url: str) -> str:
     import fsspec
 
-    from harvest.storage import sha256_file
+    from harvest.dataset.storage import sha256_file
     fs, p = fsspec.core.url_to_fs(url)
     return sha256_file(fs, p)
 
 
 def _write(fs, path: str, data: bytes) -> str:
-    from harvest.storage import sha256_bytes, write_atomic
+    from harvest.dataset.storage import sha256_bytes, write_atomic
     write_atomic(fs, path, data)
     return sha256_bytes(data)
 

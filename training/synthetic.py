@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvest.schema import N_TRACKLETS, PIPELINE_VERSION, shard_schema, with_metadata
+from harvest.dataset.schema import N_TRACKLETS, PIPELINE_VERSION, shard_schema, with_metadata
 
 BOX_W, BOX_H, SLOT_STEP = 80.0, 80.0, 150.0
 FPS = 24.0
@@ -152,7 +152,7 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int,
 def _interpolated(frames: np.ndarray, boxes: np.ndarray, face_off: np.ndarray) -> dict:
     """The ``interp_frame_idx`` / ``interp_boxes`` columns of tracks whose faces are
     ``frames[face_off[t]:face_off[t + 1]]`` (the harvest's own interpolation)."""
-    from harvest.tracking import interpolate_boxes
+    from harvest.title.tracking import interpolate_boxes
     parts = [interpolate_boxes(frames[a:b], boxes[a:b]) for a, b in zip(face_off[:-1], face_off[1:])]
     offsets = pa.array(np.r_[0, np.cumsum([len(f) for f, _ in parts])].astype(np.int32))
     flat_f = np.concatenate([f for f, _ in parts]) if parts else np.zeros(0, np.int64)

@@ -172,7 +172,7 @@ class FaceBackend(ABC):
     def frame_device(self):
         """Where this backend wants decoded frames: None for numpy arrays on the CPU (the
         default), or a torch device for uint8 tensors there (readers then decode or upload to
-        it, ``harvest.readers``), so frames decoded on a GPU stay on it."""
+        it, ``harvest.video.readers``), so frames decoded on a GPU stay on it."""
         return None
 
     def prepare(self, frame):

@@ -147,7 +147,7 @@ class InsightFaceBackend(OnnxPackBackend):
         opts = onnxruntime.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
-        # detection and embedding run concurrently (harvest.stages): idle threads must sleep,
+        # detection and embedding run concurrently (harvest.title.stages): idle threads must sleep,
         # not spin, or the two sessions steal each other's cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         kwargs = dict(providers=_providers(use_gpu), sess_options=opts)

@@ -95,7 +95,7 @@ def embed_photo(image, models: str | None = None, backend: str = "insightface",
                 det_size: int | None = None, det_threshold: float | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """-> (unit embedding (D,) float32, box (4,) x1 y1 x2 y2) of the photo's largest face, by the
-    calls the harvest makes on one frame (``harvest.pipeline.detect_stage`` / ``embed_stage``:
+    calls the harvest makes on one frame (``harvest.title.pipeline.detect_stage`` / ``embed_stage``:
     ``prepare`` -> ``detect`` -> ``align`` on the full frame -> ``embed``); :class:`NoFace` when
     there is none. ``det_size`` / ``det_threshold``: the harvest's, when it changed them."""
     rgb = read_image(image)

@@ -82,7 +82,7 @@ def stage_models(url: str) -> str:
 
     import fsspec
     fs, path = fsspec.core.url_to_fs(url)
-    from harvest.storage import is_local
+    from harvest.dataset.storage import is_local
     if is_local(fs):
         return path
     cache = os.path.join(os.path.expanduser("~/.cache/harvest/models"),

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 
-from harvest import storage
+from harvest.dataset import storage
 from harvest.reports.page import (BATCH_ROWS, INDEX, MAX_STRIP, TRACKS_PER_PAGE, Writer, css_rgb,
                                   esc, href, identity_colour, page_html, sprite_bytes,
                                   sprite_html, thumbnail)

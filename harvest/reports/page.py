@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from harvest import storage
+from harvest.dataset import storage
 
 THUMB = 48                 # px, the side of a thumbnail in strips and galleries
 SPRITE_QUALITY = 80        # JPEG quality of the sprites

@@ -17,8 +17,8 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 
-from harvest import schema as S
-from harvest import storage
+from harvest.dataset import schema as S
+from harvest.dataset import storage
 from harvest.reports.page import (BATCH_ROWS, INDEX, TRACKS_PER_PAGE, Writer, esc, href,
                                   page_html, pick, sprite_bytes, sprite_html, thumbnail)
 
@@ -131,7 +131,7 @@ def _track_link(t: int, page_of: dict, page: int) -> str:
 def _strip(row: dict, title_id: str, page_of: dict, page: int, crops_mode: str | None,
            writer: Writer) -> str:
     """One track strip: its header (shot, faces, times, validity, links) and crop sprite."""
-    from harvest.miners.hard_positive import tracklet_seeds
+    from harvest.title.miners.hard_positive import tracklet_seeds
     t = row["track_id"]
     valid = row["is_valid"]
     n, frames = row["n_faces"], row["frame_idx"]

@@ -6,7 +6,7 @@
     corrections.py  name / merge / split / mark, laid over the links
     store.py        the store's files and their one reader and writer
     search.py       nearest people and tracks to a photo or a track
-    remove.py       takedown through ``harvest.takedown``
+    remove.py       takedown through ``harvest.dataset.takedown``
     export.py       per person JSON, per title WebVTT, person pages
     cli.py          the command
 

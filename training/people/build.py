@@ -28,7 +28,7 @@ NEGATIVES_FILE = "state/negatives.parquet"
 def make_config(method: str, head: str | None, params: dict | None) -> dict:
     """The settings people depend on: the title method (as ``cluster`` takes it), the head by
     content, the link parameters; ``hash`` over all but the head's path."""
-    from training.cluster_titles import make_config as title_config
+    from training.clustering.cluster_titles import make_config as title_config
     cfg = title_config(method, head, False, params)
     cfg["link"] = {**corpus.DEFAULTS, **{k: v for k, v in (params or {}).items()
                                          if k in corpus.DEFAULTS}}
@@ -46,7 +46,7 @@ def new_header(cfg: dict) -> dict:
 def run_titles(infos: list[dict], store: Store, cfg: dict, known: dict, log=print) -> list:
     """One Ray task per title (``cluster``'s :func:`map_titles`); -> their facts (failed
     titles: ``status`` failed, ``error``)."""
-    from training.cluster_titles import map_titles
+    from training.clustering.cluster_titles import map_titles
 
     def done(r: dict) -> str:
         return f" ({r['n_tracks']} tracks, {r['n_units']} clusters)" if r["status"] == "new" \

@@ -85,7 +85,7 @@ def _people(argv) -> int:
 
 
 def _build(args) -> int:
-    from training import methods
+    from training.clustering import methods
     from training.people.build import build
     check_shards(args.shards, titles=args.titles)
     check_path("--head", args.head)
@@ -154,7 +154,7 @@ def _search(args) -> int:
                  args.models, args.top)
     print(format_results(res))
     if args.json:
-        from harvest.storage import open_fs, write_atomic
+        from harvest.dataset.storage import open_fs, write_atomic
         write_atomic(*open_fs(args.json), json.dumps(res, indent=1).encode())
     return 0
 

@@ -17,7 +17,7 @@ import posixpath
 
 import numpy as np
 
-from harvest.storage import open_fs, write_atomic
+from harvest.dataset.storage import open_fs, write_atomic
 from training.people.store import PEOPLE_FILE, Store
 from training.people.titles import merge_spans
 

@@ -3,7 +3,7 @@
 The person is given by id, by name, or by a photo and a similarity threshold: then every
 person whose prototype is within the threshold goes, and with them every other track within
 the threshold of the photo, so no remaining track of the corpus is that close to it. The
-harvest is rewritten by :func:`harvest.takedown.remove_tracks` (new shard versions without the
+harvest is rewritten by :func:`harvest.dataset.takedown.remove_tracks` (new shard versions without the
 tracks, cannot-links and hard negatives of the remaining tracks made consistent, manifest and
 card updated, an audit line); the store then drops the same tracks from its state, keeps the
 new shards' sha256 (so the next build does not re-cluster those titles) and re-renders.
@@ -14,7 +14,7 @@ import posixpath
 
 import numpy as np
 
-from harvest.storage import open_fs, sha256_file
+from harvest.dataset.storage import open_fs, sha256_file
 from training.people.build import render
 from training.people.corrections import current_people, find_person, tracks_of
 from training.people.search import photo_query, rank_people
@@ -24,7 +24,7 @@ from training.people.titles import mask_of, unit_sums
 
 def harvest_root(shards: str) -> str:
     """The harvest output a ``--shards`` URL belongs to (``OUT`` or ``OUT/shards``)."""
-    from harvest.storage import SHARDS_DIR
+    from harvest.dataset.storage import SHARDS_DIR
     url = shards.rstrip("/")
     return url[: -len(SHARDS_DIR) - 1] if posixpath.basename(url) == SHARDS_DIR else url
 
@@ -90,8 +90,8 @@ def drop_from_state(store: Store, hdr: dict, tid: str, ids: list[int]) -> None:
 def remove(store_url: str, shards: str, person: str | None = None, photo: str | None = None,
            threshold: float | None = None, models: str | None = None,
            reason: str = "takedown request", request_id: str | None = None) -> dict:
-    from harvest.storage import shard_path
-    from harvest.takedown import remove_tracks
+    from harvest.dataset.storage import shard_path
+    from harvest.dataset.takedown import remove_tracks
     store = Store(store_url)
     hdr = store.header()
     persons, tracks = select(store, hdr, person, photo, threshold, models)

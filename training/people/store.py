@@ -21,7 +21,7 @@
     state/titles/<title>.parquet  per valid track: track_id, unit, confidence, n_faces, start_s,
                                end_s, cannot_link, embedding (the space people are linked in)
 
-Every file is written atomically (``harvest.storage.write_atomic``) and only when its bytes
+Every file is written atomically (``harvest.dataset.storage.write_atomic``) and only when its bytes
 change, so a build with nothing new leaves every byte as it was. ``store.json`` is written last.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvest.storage import list_files, open_fs, write_atomic
+from harvest.dataset.storage import list_files, open_fs, write_atomic
 
 FORMAT = 1
 STORE_FILE, CORRECTIONS_FILE, PEOPLE_FILE = "store.json", "corrections.jsonl", "people.parquet"

@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harvest.storage import open_fs, sha256_file
-from training import methods, registry
+from harvest.dataset.storage import open_fs, sha256_file
+from training.clustering import methods
+from training import registry
 from training.people.link import unit
 from training.people.store import Store, parquet_bytes, title_schema
 

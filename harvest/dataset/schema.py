@@ -1,0 +1,164 @@
+"""The shard and manifest contract: the one place where column names and types live.
+
+A shard is one Parquet file per title, one row per face track. Readers (``training``,
+``harvest validate``) import the names from here rather than spelling them out.
+
+Shapes (N = faces in the track, D = embedding dimension of the backend):
+    frame_idx        list<int32>                 (N,)   strictly increasing source frame numbers
+    timestamps       list<float64>               (N,)   presentation time of each face's frame, s
+                                                        (non-decreasing; frame_idx / fps when the
+                                                        container gives no timestamps)
+    boxes            list<fixed_size_list<f32,4>>  (N, 4) x1, y1, x2, y2 in display pixels (see decode.py)
+    interp_frame_idx list<int32>                 (M,)   the frames of the track's span with no detection
+                                                        (M = last - first + 1 - N), increasing
+    interp_boxes     list<fixed_size_list<f32,4>>  (M, 4) their boxes, linearly interpolated between
+                                                        the detections around each gap
+    landmarks        list<fixed_size_list<f32,10>> (N, 10) 5 points (x, y) interleaved
+    det_score        list<float32>               (N,)
+    face_size        list<float32>               (N,)   sqrt(box area), display pixels
+    blur             list<float32>               (N,)   variance of Laplacian of the aligned crop
+    embeddings       list<fixed_size_list<f32,D>>  (N, D) unit norm
+    mean_embedding   fixed_size_list<f32,D>      (D,)   unit norm
+    tracklets        fixed_size_list<fixed_size_list<f32,D>,3>, nullable: anchor, p1, p2 (unit norm)
+    tracklet_members list<list<int32>>           3 lists of positions into the track's faces
+    crops            list<binary>                (C,)   aligned S x S RGB face crops, JPEG
+                                                        (quality JPEG_QUALITY; S = crop_size)
+    crop_positions   list<int32>                 (C,)   positions into the track's faces, ascending
+    cannot_link      list<int64>                 track_ids of the same title sharing a frame
+    hard_negative    int64, nullable             a track_id inside cannot_link
+
+Face crops live in the track's own row (not a side file), so a title stays one atomically
+written shard. Which faces have a crop is the ``crops`` mode (file metadata, CROP_METADATA):
+``none`` C = 0; ``all`` C = N; ``sample`` up to ``crops_per_track`` faces spread evenly over the
+track plus the seed face of each tracklet (anchor a, p1, p2), so C <= crops_per_track + 3.
+
+Row order: rows are written in ascending ``track_id``; track ids are 0..T-1 in order of the
+tracks' first face (frame, then detection order inside the frame), so the same video and config
+give the same shard bytes. Readers should still look tracks up by ``track_id`` (ids, not row
+positions, are what ``cannot_link`` and ``hard_negative`` refer to). A takedown
+(``harvest/dataset/takedown.py``, ``people remove``) removes rows without renumbering the others, so a
+shard that had one may have gaps in its ids.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+PIPELINE_VERSION = "1.3.0"
+N_TRACKLETS = 3
+CROP_MODES = ("none", "sample", "all")
+JPEG_QUALITY = 90      # of the stored face crops
+METADATA_KEY = b"harvest"
+
+# Keys of the JSON object stored under METADATA_KEY in each shard's file metadata.
+METADATA_FIELDS = (
+    "title_id", "source_uri", "fps", "width", "height", "frame_count", "backend",
+    "detector_file", "detector_sha256", "embedder_file", "embedder_sha256",
+    "embedding_dim", "pipeline_version", "config_hash", "shot_boundaries",
+)
+# Optional keys (written by harvest run) that tell ``harvest validate`` which crops to expect.
+CROP_METADATA = ("crops", "crops_per_track", "crop_size")
+
+
+def _vec(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def shard_schema(dim: int) -> pa.Schema:
+    """Arrow schema of a shard whose embeddings have dimension ``dim``."""
+    return pa.schema([
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("shot_id", pa.int32(), nullable=False),
+        pa.field("n_faces", pa.int32(), nullable=False),
+        pa.field("frame_idx", pa.list_(pa.int32()), nullable=False),
+        pa.field("timestamps", pa.list_(pa.float64()), nullable=False),
+        pa.field("boxes", pa.list_(_vec(4)), nullable=False),
+        pa.field("interp_frame_idx", pa.list_(pa.int32()), nullable=False),
+        pa.field("interp_boxes", pa.list_(_vec(4)), nullable=False),
+        pa.field("landmarks", pa.list_(_vec(10)), nullable=False),
+        pa.field("det_score", pa.list_(pa.float32()), nullable=False),
+        pa.field("face_size", pa.list_(pa.float32()), nullable=False),
+        pa.field("blur", pa.list_(pa.float32()), nullable=False),
+        pa.field("embeddings", pa.list_(_vec(dim)), nullable=False),
+        pa.field("mean_embedding", _vec(dim), nullable=False),
+        pa.field("tracklets", pa.list_(_vec(dim), N_TRACKLETS), nullable=True),
+        pa.field("tracklet_members", pa.list_(pa.list_(pa.int32())), nullable=False),
+        pa.field("crops", pa.list_(pa.binary()), nullable=False),
+        pa.field("crop_positions", pa.list_(pa.int32()), nullable=False),
+        pa.field("cannot_link", pa.list_(pa.int64()), nullable=False),
+        pa.field("hard_negative", pa.int64(), nullable=True),
+        pa.field("track_quality", pa.float32(), nullable=False),
+        pa.field("is_valid", pa.bool_(), nullable=False),
+        pa.field("invalid_reason", pa.string(), nullable=True),
+    ])
+
+
+# One line per column for dataset cards (``harvest card``); the same names as ``shard_schema``.
+COLUMN_DESCRIPTIONS = {
+    "title_id": "title: readable file stem + 12 hex digits of sha256(canonical URI | size)",
+    "track_id": "track number, unique in the title (0..T-1 in order of first face; gaps after a takedown)",
+    "shot_id": "shot that holds every face of the track",
+    "n_faces": "N, the number of faces (detections) in the track",
+    "frame_idx": "frame number of each face, strictly increasing, in [0, frames decoded)",
+    "timestamps": "presentation time of each face's frame, seconds",
+    "boxes": "x1, y1, x2, y2 of each face in display pixels",
+    "interp_frame_idx": "frames inside the track's span where no face was detected (detection "
+                        "stride or a miss): frame_idx + interp_frame_idx = every frame of the span",
+    "interp_boxes": "box on each interp_frame_idx frame, interpolated linearly (not detected)",
+    "landmarks": "5 points per face (eyes, nose, mouth corners), x/y interleaved",
+    "det_score": "detector score of each face, in [0, 1]",
+    "face_size": "sqrt(box area) of each face, pixels",
+    "blur": "variance of the Laplacian of each aligned face crop (higher = sharper)",
+    "embeddings": "unit-norm face embedding of each face (D from the backend)",
+    "mean_embedding": "unit-norm mean of the track's embeddings",
+    "tracklets": "anchor, p1, p2 hard-positive tracklet means (unit norm); null when N < 3",
+    "tracklet_members": "positions (into the track's faces) of the faces of each tracklet",
+    "crops": "aligned S x S RGB face crops as JPEG bytes (S = crop_size in metadata, 112 for "
+             "ArcFace); which faces: the crops mode in metadata",
+    "crop_positions": "position (into the track's faces) of each crop, ascending",
+    "cannot_link": "track_ids of valid tracks of the title that share a frame with this one",
+    "hard_negative": "the cannot-linked track whose mean is nearest the anchor tracklet",
+    "track_quality": "median over faces of score x size factor x sharpness factor",
+    "is_valid": "false for short or low-quality tracks (kept, never mined)",
+    "invalid_reason": "short or low_quality when is_valid is false, else null",
+}
+
+# Columns that depend on the whole title (validity, constraints between tracks): a track's row
+# without them can be written as soon as the track closes; they are filled in at the end.
+TITLE_COLUMNS = ("title_id", "cannot_link", "hard_negative", "is_valid", "invalid_reason")
+
+
+def embedding_dim(schema: pa.Schema) -> int:
+    """D of a shard schema (read from ``mean_embedding``)."""
+    return schema.field("mean_embedding").type.list_size
+
+
+def with_metadata(schema: pa.Schema, meta: dict[str, Any]) -> pa.Schema:
+    missing = [k for k in METADATA_FIELDS if k not in meta]
+    if missing:
+        raise ValueError(f"shard metadata lacks {missing}")
+    return schema.with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
+
+
+def read_metadata(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError("not a harvest shard: no 'harvest' file metadata")
+    return json.loads(raw)
+
+
+# Manifest: one record per title, stored as one JSON object per title.
+MANIFEST_FIELDS = (
+    "title_id", "source", "status", "error", "shard_path", "shard_sha256",
+    "frames", "faces", "tracks", "valid_tracks", "cannot_link_pairs", "seconds",
+    "config_hash", "backend", "pipeline_version", "finished_at",
+)
+# Also written (records and shard metadata) but optional, absent from older runs:
+# "requested_config_hash", the hash of the config as given (``auto`` unresolved) that resume
+# compares; "config_hash"/"backend" say what actually ran.
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+COUNT_FIELDS = ("frames", "faces", "tracks", "valid_tracks", "cannot_link_pairs")
