@@ -3,19 +3,23 @@
 
 The packages are the layers, each importing only the ones above it in this list:
 
+    config.py  every setting of a harvest and the pipeline version (what every layer reads)
     video/     video in: readers (PyAV, decord, NVDEC), frame-exact chunked decode, shot cuts
-    faces/     face backends (detect, align, embed), the model zoo, photo embedding
-    title/     one title's pipeline: stages, the IoU linker, the track life cycle, quality,
-               the Multi-Face miners
+    faces/     face backends (detect, align, embed), the model zoo, boxes, photo embedding
+    miners/    Multi-Face self-supervision as pure functions: tracklets, cannot-links, hard
+               negatives (the pipeline, validate and takedown share them)
     dataset/   the output contract: schema, shard writer, fsspec storage, validate, the dataset
                card, inspect, takedown
+    title/     one title's pipeline: stages, the IoU linker, the track life cycle, quality
     run/       running it at scale: sources, the worker (one backend per process), the Ray
                runner, Ray start-up, fault injection
     reports/   HTML and text reports of a harvest (and the galleries training draws)
+    cli.py     the ``harvest`` command; ``console.py``: every console script's entry point
 
-Beside them: ``config.py`` (the settings every layer reads; it validates backend and reader
-names against their registries), ``cli.py`` (the ``harvest`` command), ``console.py`` (every
-console script's entry point), ``samples.py`` (the bundled demo titles). ``harvest`` never
-imports ``training``.
+Two imports run back up, both inside a function of ``faces``: a photo is embedded with a
+``HarvestConfig``'s settings (``faces.photo``), and a remote model pack is staged with the
+dataset layer's fsspec helpers (``faces.registry``). ``config`` itself checks backend and reader
+names against the registries of ``faces`` and ``video``. ``samples.py`` (the bundled demo titles) stands apart.
+``harvest`` never imports ``training``.
 """
-from harvest.dataset.schema import PIPELINE_VERSION as __version__  # noqa: F401
+from harvest.config import PIPELINE_VERSION as __version__  # noqa: F401

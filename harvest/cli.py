@@ -31,7 +31,7 @@ def _option(group, flag: str, cls, **kw) -> None:
 def _config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("harvest (changes shard content; part of the config hash)")
     from harvest.faces.registry import choices
-    from harvest.dataset.schema import CROP_MODES
+    from harvest.config import CROP_MODES
     _option(g, "--backend", HarvestConfig, choices=choices())
     _option(g, "--models", HarvestConfig)
     _option(g, "--det-stride", HarvestConfig, type=int, default=None,

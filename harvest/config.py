@@ -12,7 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from harvest.dataset.schema import CROP_MODES, PIPELINE_VERSION
+#: the version of the code that shapes a shard: in every shard's metadata and config hash
+PIPELINE_VERSION = "1.3.0"
+#: what ``HarvestConfig.crops`` may be: no face crops, a sample per track, or every face's
+CROP_MODES = ("none", "sample", "all")
 
 
 def _opt(default, help: str):

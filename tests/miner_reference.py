@@ -1,5 +1,5 @@
 """Whole-title definitions of the Multi-Face miners: the brute-force references the streamed
-miners of ``harvest.title.miners`` are tested against.
+miners of ``harvest.miners`` are tested against.
 
 They hold a whole title's faces at once (a ``TrackSet``), which the pipeline never does: it mines
 each track's tracklets when the track closes and the title's cannot-links and hard negatives from
@@ -15,8 +15,8 @@ from itertools import combinations
 
 import numpy as np
 
-from harvest.title.miners import Tracklets, mine_tracklets, nearest_cannot_linked
-from harvest.title.miners.base import l2_normalize
+from harvest.miners import Tracklets, mine_tracklets, nearest_cannot_linked
+from harvest.miners.base import l2_normalize
 
 
 @dataclass(frozen=True)

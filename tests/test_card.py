@@ -15,6 +15,7 @@ import yaml
 from conftest import CROWD, FACE_PACK, need
 
 from harvest import cli
+from harvest.config import PIPELINE_VERSION
 from harvest.dataset import schema as S
 
 _HARVEST: dict[str, str] = {}
@@ -224,7 +225,7 @@ def test_card_of_an_output_without_shards(tmp_path):
         "title_id": "bad-000000000000", "source": "file:///videos/bad.mp4", "status": "failed",
         "error": "DecodeError: no frame", "shard_path": None, "shard_sha256": None,
         **dict.fromkeys(S.COUNT_FIELDS, 0), "seconds": 0.0, "config_hash": "0" * 16,
-        "backend": "dlib", "pipeline_version": S.PIPELINE_VERSION, "finished_at": None})
+        "backend": "dlib", "pipeline_version": PIPELINE_VERSION, "finished_at": None})
     assert cli.main(["card", str(tmp_path)]) == 0
     meta, body = split_card((tmp_path / "README.md").read_text())
     assert meta["size_categories"] == ["n<1K"]
@@ -273,7 +274,7 @@ def synthetic_output(root, crops_per_track: int, detector_file: str, embedder_fi
             "frames": 100, "faces": int(sum(table.column("n_faces").to_pylist())),
             "tracks": n, "valid_tracks": n, "cannot_link_pairs": 0, "seconds": 1.0,
             "config_hash": "0" * 16, "backend": backend,
-            "pipeline_version": S.PIPELINE_VERSION, "finished_at": None})
+            "pipeline_version": PIPELINE_VERSION, "finished_at": None})
     return out, stored
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import CROWD, FACE_PACK, need
 from harvest.config import HarvestConfig, RunOptions
-from harvest.dataset.schema import PIPELINE_VERSION, read_metadata
+from harvest.config import PIPELINE_VERSION
+from harvest.dataset.schema import read_metadata
 
 STRIDE = 3          # crowd.mp4: 105 frames -> 35 detected frames, tracks of up to 35 faces
 PER_TRACK = 4       # well below the track lengths, so sample differs from all
@@ -104,7 +105,7 @@ def test_all_stores_every_face_as_its_realigned_crop(shards, backend):
 
 
 def test_sample_is_even_plus_tracklet_seeds_and_the_same_bytes_as_all(shards):
-    from harvest.title.miners import mine_tracklets
+    from harvest.miners import mine_tracklets
     from harvest.dataset.validate import validate_table
     sample, _ = shards["sample"]
     full, _ = shards["all"]

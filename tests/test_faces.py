@@ -60,7 +60,7 @@ def test_detector_input_keeps_the_aspect_ratio(insight, crowd_frames):
     square = insight.detector.detect(cv2.cvtColor(crowd_frames[0], cv2.COLOR_RGB2BGR),
                                      input_size=(640, 640))[0]
     assert abs(len(rect) - len(square)) <= max(1, 0.05 * len(square))
-    from harvest.title.tracking import iou_matrix
+    from harvest.faces.boxes import iou_matrix
     best = iou_matrix(rect.boxes, square[:, :4]).max(axis=1)
     assert np.mean(best > 0.9) >= 0.9
 
@@ -105,7 +105,7 @@ def test_same_face_in_next_frame_is_nearest(insight, crowd_frames):
     a, b = insight.detect([crowd_frames[0], crowd_frames[1]])
     ea = insight.embed(insight.align(crowd_frames[0], a))
     eb = insight.embed(insight.align(crowd_frames[1], b))
-    from harvest.title.tracking import iou_matrix
+    from harvest.faces.boxes import iou_matrix
     iou = iou_matrix(a.boxes, b.boxes)
     sims = ea @ eb.T
     pairs = [(i, int(np.argmax(iou[i]))) for i in range(len(a)) if iou[i].max() > 0.7]

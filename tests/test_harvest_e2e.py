@@ -90,7 +90,7 @@ def test_crowd_shard_is_valid_with_cannot_links(insight_run, capsys):
 
 def face_identity(truth, frame, box):
     """Ground-truth identity of a detected box: the truth box of that frame with IoU > 0.5."""
-    from harvest.title.tracking import iou_matrix
+    from harvest.faces.boxes import iou_matrix
     rows = [r for r in truth.boxes if r[0] == frame]
     if not rows:
         return None

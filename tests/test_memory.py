@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harvest.title.miners import mine_tracklets
-from harvest.title.miners.base import l2_normalize
+from harvest.miners import mine_tracklets
+from harvest.miners.base import l2_normalize
 
 MB = 1 << 20
 
@@ -46,7 +46,7 @@ def test_tracklets_of_a_10000_face_track_in_bounded_memory():
 def long_title(frames: int, dim: int, faces_per_frame: int = 2, batch_frames: int = 64):
     """FaceBatches of a synthetic title, generated lazily: walkers that leave and come back,
     a cut every 250 frames."""
-    from harvest.title.pipeline import FaceBatch
+    from harvest.title.tracks import FaceBatch
     rng = np.random.default_rng(frames)
     people = l2_normalize(rng.normal(size=(faces_per_frame, dim)))
     for a in range(0, frames, batch_frames):
@@ -126,7 +126,7 @@ def test_streamed_title_peak_rss_is_flat_in_title_length():
 def one_face_shot(frames: int, dim: int, jpeg_bytes: int, batch_frames: int = 250):
     """FaceBatches of one face in one unbroken shot; face i's crop is ``jpeg_bytes`` bytes that
     name it (b"face 17 ....")."""
-    from harvest.title.pipeline import FaceBatch
+    from harvest.title.tracks import FaceBatch
     rng = np.random.default_rng(1)
     person = l2_normalize(rng.normal(size=(1, dim)))
     for a in range(0, frames, batch_frames):

@@ -4,8 +4,8 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from harvest.title.miners import mine_tracklets
-from harvest.title.miners.base import l2_normalize
+from harvest.miners import mine_tracklets
+from harvest.miners.base import l2_normalize
 from miner_reference import TrackSet, adjacency, cannot_link_pairs, hard_negatives, tracklets
 
 
@@ -136,7 +136,7 @@ def tie_prone(rng, N, D):
 @pytest.mark.parametrize("block", [1, 3, 512])
 @pytest.mark.parametrize("seed", range(12))
 def test_blockwise_tracklets_equal_the_matrix_definition(seed, block, monkeypatch):
-    import harvest.title.miners.hard_positive as hp
+    import harvest.miners.hard_positive as hp
     monkeypatch.setattr(hp, "BLOCK_ROWS", block)
     rng = np.random.default_rng(seed)
     for N in (3, 4, 5, 6, 9, 17, 40):
@@ -148,7 +148,7 @@ def test_blockwise_tracklets_equal_the_matrix_definition(seed, block, monkeypatc
 
 
 def test_farthest_pair_on_a_large_track_matches_the_matrix():
-    from harvest.title.miners.hard_positive import farthest_pair
+    from harvest.miners.hard_positive import farthest_pair
     rng = np.random.default_rng(7)
     emb = l2_normalize(rng.normal(size=(600, 64)) + rng.normal(size=64) * 4)
     dist = np.linalg.norm(emb[:, None, :] - emb[None, :, :], axis=-1)
@@ -160,7 +160,7 @@ def test_farthest_pair_on_a_large_track_matches_the_matrix():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_valid_links_from_co_occurrence_equal_cannot_link_miner(seed):
-    from harvest.title.miners import valid_links
+    from harvest.miners import valid_links
     ts = random_tracks(np.random.default_rng(seed))
     partners = [{o for o in range(len(ts)) if o != t
                  and set(ts.frame_idx[t]) & set(ts.frame_idx[o])} for t in range(len(ts))]

@@ -16,11 +16,10 @@ from harvest import samples
 from conftest import SCRFD_2_5G, need
 
 
-def iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+def iou(a, b) -> float:
+    """IoU of two boxes (the platform's one definition, ``harvest.faces.boxes``)."""
+    from harvest.faces.boxes import iou_matrix
+    return float(iou_matrix(np.asarray([a], np.float64), np.asarray([b], np.float64))[0, 0])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from conftest import CROWD, FACE_PACK, need
 from harvest.config import HarvestConfig
 from harvest.faces.registry import load_backend, resolve
-from harvest.title.tracking import iou_matrix
+from harvest.faces.boxes import iou_matrix
 
 
 

@@ -8,7 +8,8 @@ import pytest
 from harvest.title.quality import mad_outliers
 from harvest.video.shots import ShotDetector
 from harvest.title.stages import StageTimes, run_chain
-from harvest.title.tracking import iou_matrix, link_tracks
+from harvest.faces.boxes import iou_matrix
+from harvest.title.tracking import link_tracks
 
 
 def test_iou_matrix():
@@ -130,7 +131,7 @@ def synthetic_faces(seed, frames=400, dim=8):
     """Walkers in shots of ~40 frames, present with gaps, plus one-frame false positives:
     -> (shot boundaries, columns of faces sorted by frame; detection order inside a frame
     shuffled)."""
-    from harvest.title.miners.base import l2_normalize
+    from harvest.miners.base import l2_normalize
     rng = np.random.default_rng(seed)
     cuts = np.sort(rng.choice(np.arange(20, frames), size=frames // 40, replace=False))
     shot_of = lambda f: int(np.searchsorted(cuts, f, side="right"))  # noqa: E731
@@ -222,7 +223,7 @@ def batch_reference(faces, config, fps):
 def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
     import pyarrow.parquet as pq
     from harvest.config import HarvestConfig
-    from harvest.title.pipeline import FaceBatch
+    from harvest.title.tracks import FaceBatch
     from harvest.title.tracks import TitleTracker
     from harvest.dataset.validate import validate_table
     from harvest.title.tracks import crop_positions
@@ -277,7 +278,7 @@ def test_streamed_title_equals_whole_title_definition(seed, tmp_path):
 
 def test_streamed_shard_bytes_are_deterministic(tmp_path):
     from harvest.config import HarvestConfig
-    from harvest.title.pipeline import FaceBatch
+    from harvest.title.tracks import FaceBatch
     from harvest.title.tracks import TitleTracker
     bounds, faces = synthetic_faces(5, frames=150)
     meta = dict(title_id="t", source_uri="x", fps=25.0, width=640, height=360, frame_count=150,

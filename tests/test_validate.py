@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from harvest.config import PIPELINE_VERSION
 from harvest.dataset import schema as S
 from harvest.dataset import storage
 from harvest.dataset.validate import validate_main, validate_output, validate_table
@@ -16,7 +17,7 @@ META = {
     "title_id": "t0001", "source_uri": "file:///videos/a.mp4", "fps": 10.0, "width": 640,
     "height": 360, "frame_count": 100, "backend": "dlib", "detector_file": "det.onnx",
     "detector_sha256": "0" * 64, "embedder_file": "emb.onnx", "embedder_sha256": "1" * 64,
-    "embedding_dim": D, "pipeline_version": S.PIPELINE_VERSION, "config_hash": "abc",
+    "embedding_dim": D, "pipeline_version": PIPELINE_VERSION, "config_hash": "abc",
     "shot_boundaries": [0, 50], "min_track_seconds": 1.0, "det_stride": 1,
     "crops": "sample", "crops_per_track": 4, "crop_size": 112,
 }
@@ -45,7 +46,7 @@ def _track(rng, track_id, shot_id, frames, cannot_link=(), hard_negative=None, v
                      for m in members]
     else:
         members, tracklets = [], None
-    from harvest.title.miners.hard_positive import tracklet_seeds
+    from harvest.miners.hard_positive import tracklet_seeds
     from harvest.title.tracks import crop_positions
     seeds = tracklet_seeds(np.asarray(emb, np.float32), members)
     positions = crop_positions(n, META["crops"], META["crops_per_track"], seeds).tolist()
@@ -128,7 +129,7 @@ def _crop_of_size(i, size):
 
 
 def _drop_seed(rows):   # the anchor seed of track 3 loses its crop
-    from harvest.title.miners.hard_positive import tracklet_seeds
+    from harvest.miners.hard_positive import tracklet_seeds
     r = rows[2]
     seed = tracklet_seeds(np.asarray(r["embeddings"], np.float32), r["tracklet_members"])[0]
     k = r["crop_positions"].index(seed)
@@ -263,7 +264,7 @@ def _write_output(url, n=2):
         rec.update(title_id=meta["title_id"], source=meta["source_uri"], status=S.STATUS_DONE,
                    shard_path=path, shard_sha256=sha, frames=100, faces=34, tracks=4,
                    valid_tracks=3, cannot_link_pairs=1, seconds=1.0, config_hash="abc",
-                   backend="dlib", pipeline_version=S.PIPELINE_VERSION)
+                   backend="dlib", pipeline_version=PIPELINE_VERSION)
         storage.write_record(fs, root, rec)
         records[rec["title_id"]] = rec
     storage.write_manifest(fs, root, records)

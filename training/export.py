@@ -380,8 +380,6 @@ def export(head_path: str, output: str, models: str | None = None) -> dict:
     return record
 
 
-if __name__ == "__main__":         # python3 -m training.export ... (the `export` command)
-    import sys
-
-    from training.cli import export_main
-    sys.exit(export_main())
+if __name__ == "__main__":  # python3 -m training.export ... (the `export-head` command, by name)
+    from harvest.console import export_head
+    export_head()

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvest.dataset.schema import N_TRACKLETS, PIPELINE_VERSION, shard_schema, with_metadata
+from harvest.config import PIPELINE_VERSION
+from harvest.dataset.schema import N_TRACKLETS, shard_schema, with_metadata
 
 BOX_W, BOX_H, SLOT_STEP = 80.0, 80.0, 150.0
 FPS = 24.0

@@ -9,6 +9,7 @@
     dataset_io.py      reading the shards as one typed table (pandas, DuckDB, datasets)
     takedown.py        removing tracks from a published output, with an audit log
 
-May import: ``harvest.config`` and the miners (re-mining after a takedown, validating
-tracklets). Not ``harvest.run``.
+May import: ``harvest.config``, ``harvest.faces`` (the card names the backends) and
+``harvest.miners`` (re-mining after a takedown, validating tracklets). Not ``harvest.title``
+or ``harvest.run``.
 """

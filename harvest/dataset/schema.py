@@ -46,9 +46,7 @@ from typing import Any
 
 import pyarrow as pa
 
-PIPELINE_VERSION = "1.3.0"
 N_TRACKLETS = 3
-CROP_MODES = ("none", "sample", "all")
 JPEG_QUALITY = 90      # of the stored face crops
 METADATA_KEY = b"harvest"
 

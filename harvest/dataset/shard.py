@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvest.title.miners import Tracklets
-from harvest.dataset.schema import (JPEG_QUALITY, N_TRACKLETS, PIPELINE_VERSION, TITLE_COLUMNS,
-                            shard_schema, with_metadata)
+from harvest.config import PIPELINE_VERSION
+from harvest.dataset.schema import (JPEG_QUALITY, N_TRACKLETS, TITLE_COLUMNS, shard_schema,
+                                    with_metadata)
+from harvest.miners import Tracklets
 
 FLUSH_BYTES = 8 << 20   # uncompressed bytes per row group (spill and final shard)
 _CACHED_GROUPS = 2      # spill row groups kept while reordering to track_id order (4 cost

@@ -3,7 +3,7 @@
 ``remove_tracks(OUT, {title_id: track ids}, reason)`` writes, for each affected title, a new
 shard version without those rows, in which the remaining tracks stay consistent: removed ids
 leave every ``cannot_link`` list, and every ``hard_negative`` is re-chosen by the harvest's own
-rule (``harvest.title.miners.hard_negative.nearest_cannot_linked``: the cannot-linked track whose
+rule (``harvest.miners.hard_negative.nearest_cannot_linked``: the cannot-linked track whose
 mean embedding is nearest the anchor tracklet, the track mean when it has no tracklets), null
 where no cannot-link remains. Tracklets, their members and crops refer to the track's own faces
 only and need nothing. Remaining track ids are not renumbered (stores such as ``people`` refer to
@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from harvest.dataset import schema as S
 from harvest.dataset import storage
-from harvest.title.miners.hard_negative import nearest_cannot_linked
+from harvest.miners.hard_negative import nearest_cannot_linked
 
 TAKEDOWN_DIR = "takedown"
 AUDIT_FILE = f"{TAKEDOWN_DIR}/audit.jsonl"

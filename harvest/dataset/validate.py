@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from harvest.dataset import schema as S
 from harvest.dataset import storage
-from harvest.title.miners.hard_positive import tracklet_seeds
+from harvest.miners.hard_positive import tracklet_seeds
 from harvest.dataset.shard import decode_crop
 
 UNIT_TOL = 1e-3

@@ -67,7 +67,7 @@ class Agreement:
 def match_boxes(ref: np.ndarray, cand: np.ndarray, min_iou: float = MIN_IOU) -> list[tuple[int, int, float]]:
     """One-to-one matches (ref index, cand index, IoU) with IoU > ``min_iou``, greedy from the
     highest IoU down."""
-    from harvest.title.tracking import iou_matrix
+    from harvest.faces.boxes import iou_matrix
     iou = iou_matrix(np.asarray(ref, np.float32).reshape(-1, 4),
                      np.asarray(cand, np.float32).reshape(-1, 4))
     pairs = []
@@ -126,7 +126,7 @@ def read_tracks(path: str) -> list[tuple[tuple, np.ndarray]]:
 def match_tracks(ref: list, cand: list, min_iou: float = MIN_TRACK_IOU) -> int:
     """How many reference tracks have a candidate track on exactly the same frames with every
     box above ``min_iou`` IoU (each candidate track used once)."""
-    from harvest.title.tracking import iou_matrix
+    from harvest.faces.boxes import iou_matrix
     free, same = list(cand), 0
     for frames, boxes in ref:
         for k, (f2, b2) in enumerate(free):

@@ -131,7 +131,7 @@ def _track_link(t: int, page_of: dict, page: int) -> str:
 def _strip(row: dict, title_id: str, page_of: dict, page: int, crops_mode: str | None,
            writer: Writer) -> str:
     """One track strip: its header (shot, faces, times, validity, links) and crop sprite."""
-    from harvest.title.miners.hard_positive import tracklet_seeds
+    from harvest.miners.hard_positive import tracklet_seeds
     t = row["track_id"]
     valid = row["is_valid"]
     n, frames = row["n_faces"], row["frame_idx"]

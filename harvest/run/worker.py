@@ -20,7 +20,8 @@ from harvest.faces.base import file_sha256
 from harvest.faces.registry import load_backend, model_files, resolve, stage_models
 from harvest.run.faults import backend_here, maybe_hang
 from harvest.title.pipeline import harvest_title
-from harvest.dataset.schema import PIPELINE_VERSION, STATUS_DONE, STATUS_FAILED
+from harvest.config import PIPELINE_VERSION
+from harvest.dataset.schema import STATUS_DONE, STATUS_FAILED
 from harvest.dataset.shard import warm_up
 from harvest.run.sources import Source, staged
 

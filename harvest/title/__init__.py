@@ -5,8 +5,7 @@
     tracking.py  the IoU track linker (which track a face joins) and box interpolation
     tracks.py    the track life cycle: open faces, closing a track, the title's end
     quality.py   face and track quality, outlier tracks
-    miners/      Multi-Face self-supervision: tracklets, cannot-links, hard negatives
 
-May import: ``harvest.config``, ``harvest.video``, ``harvest.faces`` and, to write a title's
-rows, ``harvest.dataset.schema`` / ``harvest.dataset.shard``. Not ``harvest.run``.
+May import: ``harvest.config``, ``harvest.video``, ``harvest.faces``, ``harvest.miners`` and, to
+write a title's rows, ``harvest.dataset.schema`` / ``harvest.dataset.shard``. Not ``harvest.run``.
 """

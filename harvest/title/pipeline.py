@@ -27,7 +27,7 @@ from harvest.title.quality import blur_score, face_size
 from harvest.dataset.shard import encode_crops
 from harvest.video.shots import ShotDetector
 from harvest.title.stages import StageTimes, run_chain
-from harvest.title.tracks import HarvestedTracks, TitleTracker
+from harvest.title.tracks import FaceBatch, HarvestedTracks, TitleTracker
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,6 @@ class DetectedFrame:
     dets: Detections
     crops: np.ndarray          # (n, S, S, 3) uint8 aligned faces
     jpeg: list | None = None   # n JPEG encodings of the crops (None: crops not stored)
-
-
-@dataclass(frozen=True)
-class FaceBatch:
-    """Faces with features, columnar, in frame order. F faces: frame_idx (F,), shot (F,),
-    pts (F,) s, boxes (F, 4), kps (F, 5, 2), scores (F,), blur (F,), emb (F, D), and jpeg:
-    F JPEG-encoded aligned crops, or None when no crops are stored."""
-    frame_idx: np.ndarray
-    shot: np.ndarray
-    pts: np.ndarray
-    boxes: np.ndarray
-    kps: np.ndarray
-    scores: np.ndarray
-    blur: np.ndarray
-    emb: np.ndarray
-    jpeg: list | None = None
 
 
 @dataclass(frozen=True)

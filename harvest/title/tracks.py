@@ -7,6 +7,7 @@ title end ``TitleTracker.finish``: validity (short, low quality), cannot-links b
           co-occurring tracks, hard negatives -> ``HarvestedTracks`` (the spill plus the
           title columns), which writes the shard
 
+``FaceBatch`` is what the title's pipeline hands it (the embed stage's output).
 ``harvest.title.tracking.TrackLinker`` decides which track a face joins (IoU within a shot); this
 module decides what a track is. Memory stays flat in the title's length: the open tracks'
 faces, one spill batch and (T, D) track summaries.
@@ -16,20 +17,32 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harvest.config import HarvestConfig
-from harvest.title.miners import mine_tracklets, nearest_cannot_linked, valid_links
-from harvest.title.miners.base import l2_normalize
-from harvest.title.quality import face_quality, face_size, mad_outliers, track_quality
 from harvest.dataset.schema import N_TRACKLETS
 from harvest.dataset.shard import SpillWriter, TitleColumns, TrackRow, write_shard_file
+from harvest.miners import mine_tracklets, nearest_cannot_linked, valid_links
+from harvest.miners.base import l2_normalize
+from harvest.title.quality import face_quality, face_size, mad_outliers, track_quality
 from harvest.title.tracking import Track, TrackLinker, interpolate_boxes
 
-if TYPE_CHECKING:
-    from harvest.title.pipeline import FaceBatch
+
+@dataclass(frozen=True)
+class FaceBatch:
+    """Faces with features, columnar, in frame order. F faces: frame_idx (F,), shot (F,),
+    pts (F,) s, boxes (F, 4), kps (F, 5, 2), scores (F,), blur (F,), emb (F, D), and jpeg:
+    F JPEG-encoded aligned crops, or None when no crops are stored."""
+    frame_idx: np.ndarray
+    shot: np.ndarray
+    pts: np.ndarray
+    boxes: np.ndarray
+    kps: np.ndarray
+    scores: np.ndarray
+    blur: np.ndarray
+    emb: np.ndarray
+    jpeg: list | None = None
 
 
 @dataclass

@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 import fsspec
 import numpy as np
 
+from harvest.faces.boxes import iou_matrix
+
 TRACK_COLUMNS = ("title", "track_id", "identity")
 BOX_COLUMNS = ("title", "frame", "x1", "y1", "x2", "y2", "identity")
 
@@ -53,15 +55,6 @@ def read_labels(url: str) -> Labels:
     raise ValueError(f"{url}: columns {sorted(cols)} are neither {TRACK_COLUMNS} nor {BOX_COLUMNS}")
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of box (4,) against boxes (M, 4), x1 y1 x2 y2."""
-    w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = w * h
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
-    return inter / (area(a) + area(b) - inter)
-
-
 def assign(labels: Labels, key: str, track_ids, frame_idx=None, boxes=None,
            min_iou: float = 0.5) -> list:
     """Identity (or None) per track. Box level needs per-track ``frame_idx`` lists and
@@ -76,7 +69,8 @@ def assign(labels: Labels, key: str, track_ids, frame_idx=None, boxes=None,
             cands = table.get(int(fr))
             if not cands:
                 continue
-            scores = iou(np.asarray(box, np.float64), np.stack([c[0] for c in cands]))
+            scores = iou_matrix(np.asarray(box, np.float64)[None],
+                                np.stack([c[0] for c in cands]).astype(np.float64))[0]
             best = int(np.argmax(scores))
             if scores[best] >= min_iou:
                 votes[cands[best][1]] += 1

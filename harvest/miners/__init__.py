@@ -10,6 +10,6 @@ Each works on what the pipeline holds at that point (one track's faces, or per-t
 never on a whole title's faces: a title can hold 500,000. The whole-title definitions they are
 tested against live with the tests (``tests/miner_reference.py``).
 """
-from harvest.title.miners.cannot_link import valid_links  # noqa: F401
-from harvest.title.miners.hard_negative import nearest_cannot_linked  # noqa: F401
-from harvest.title.miners.hard_positive import Tracklets, mine_tracklets  # noqa: F401
+from harvest.miners.cannot_link import valid_links  # noqa: F401
+from harvest.miners.hard_negative import nearest_cannot_linked  # noqa: F401
+from harvest.miners.hard_positive import Tracklets, mine_tracklets  # noqa: F401
