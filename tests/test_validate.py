@@ -197,13 +197,91 @@ CORRUPTIONS = {
 }
 
 
+def _short_track(rows):
+    rows[2] = _track(np.random.default_rng(1), 3, 1, range(60, 65))
+
+
+def _null_face(rows):
+    rows[0]["blur"][0] = None
+
+
+CORRUPTIONS.update({
+    "non-finite landmark": (lambda rows: rows[1]["landmarks"].__setitem__(0, [float("inf")] * 10),
+                            "landmarks: non-finite"),
+    "short valid track": (_short_track, "shorter than 1.0 s"),
+    "null face in a list": (_null_face, "null faces inside the lists"),
+})
+
+#: the rule (harvest.dataset.shard_rules) that must report each corruption
+RULE_OF = {
+    "asymmetric cannot-link": "cannot_link_rule", "hard_negative not in cannot_link":
+    "cannot_link_rule", "link to unknown track": "cannot_link_rule", "self link":
+    "cannot_link_rule", "link with invalid track": "cannot_link_rule",
+    "linked pair sharing no frame": "co_occurrence_rule",
+    "non-unit embedding": "unit_norm_rule", "non-unit mean": "unit_norm_rule",
+    "decreasing frames": "frame_rule", "frame beyond frame_count": "frame_rule",
+    "track crossing a shot": "frame_rule", "decreasing timestamps": "frame_rule",
+    "non-finite timestamp": "frame_rule",
+    "duplicate track_id": "identity_rule", "title_id mismatch": "identity_rule",
+    "length mismatch": "list_length_rule", "timestamps length": "list_length_rule",
+    "bad box": "box_rule",
+    "overlapping tracklet members": "tracklet_member_rule",
+    "tracklet member out of range": "tracklet_member_rule",
+    "tracklet is not its members' mean": "mean_rule",
+    "mean_embedding is not the faces' mean": "mean_rule",
+    **{k: "crop_rule" for k in ("undecodable crop", "empty crop bytes", "wrong crop size",
+                                "crop position out of range", "crop positions unsorted",
+                                "crops and positions differ in length",
+                                "missing tracklet seed crop", "too many sampled crops")},
+    **{k: "interpolation_rule" for k in ("interpolated frame on a detected frame",
+                                         "interpolated frames missing", "interp_boxes length",
+                                         "bad interpolated box")},
+    "non-finite landmark": "finite_rule", "short valid track": "min_length_rule",
+    "null face in a list": "null_rule",
+}
+
+
+def _view(table):
+    from harvest.dataset.shard_view import ShardView
+    return ShardView(table, S.read_metadata(table.schema), D)
+
+
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_each_corruption_is_reported(name):
+def test_each_corruption_is_reported_by_its_rule(name):
+    """validate_table reports the corruption, its rule alone reports it on the shard's view,
+    and the same rule passes the clean shard."""
+    from harvest.dataset import shard_rules as R
     corrupt, expected = CORRUPTIONS[name]
     rows = copy.deepcopy(_rows())
     corrupt(rows)
-    violations = validate_table(_table(rows))
+    table = _table(rows)
+    violations = validate_table(table)
     assert any(expected in v for v in violations), (name, violations)
+    rule = getattr(R, RULE_OF[name])
+    assert any(expected in v for v in rule(_view(table))), (name, rule.__name__)
+    assert rule(_view(_table(_rows()))) == []
+
+
+def test_every_rule_has_its_test():
+    from harvest.dataset import shard_rules as R
+    rules = {r.__name__ for r in R.RULES} | {"identity_rule", "list_length_rule", "null_rule"}
+    assert rules == set(RULE_OF.values())
+    assert set(RULE_OF) == set(CORRUPTIONS)
+
+
+def test_schema_and_metadata_rules():
+    from harvest.dataset import shard_rules as R
+    table = _table(_rows())
+    assert R.schema_rule(table) == ([], D)
+    out, dim = R.schema_rule(table.drop_columns(["blur"]))
+    assert dim is None and out == ["schema: missing column 'blur'"]
+    assert R.schema_rule(table.drop_columns(["mean_embedding"]))[1] is None
+    assert R.metadata_rule(_view(table)) == []
+    from harvest.dataset.shard_view import ShardView
+    meta = {k: v for k, v in META.items() if k != "fps"}
+    assert R.metadata_rule(ShardView(table, meta, D)) == ["metadata: missing fields ['fps']"]
+    assert R.metadata_rule(ShardView(table, dict(META, embedding_dim=8), D)) == [
+        "metadata: embedding_dim 8 != D 4 of the schema"]
 
 
 def test_unlinked_cooccurring_valid_tracks_are_reported():

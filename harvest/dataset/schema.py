@@ -60,6 +60,34 @@ METADATA_FIELDS = (
 CROP_METADATA = ("crops", "crops_per_track", "crop_size")
 
 
+# The shard's column names: their one home (``shard_schema`` below, ``harvest validate``, and
+# training through ``training/columns.py`` use these, never the strings).
+TITLE_ID = "title_id"
+TRACK_ID = "track_id"
+SHOT_ID = "shot_id"
+N_FACES = "n_faces"
+FRAME_IDX = "frame_idx"
+TIMESTAMPS = "timestamps"
+BOXES = "boxes"
+INTERP_FRAME_IDX = "interp_frame_idx"
+INTERP_BOXES = "interp_boxes"
+LANDMARKS = "landmarks"
+DET_SCORE = "det_score"
+FACE_SIZE = "face_size"
+BLUR = "blur"
+EMBEDDINGS = "embeddings"
+MEAN_EMBEDDING = "mean_embedding"
+TRACKLETS = "tracklets"
+TRACKLET_MEMBERS = "tracklet_members"
+CROPS = "crops"
+CROP_POSITIONS = "crop_positions"
+CANNOT_LINK = "cannot_link"
+HARD_NEGATIVE = "hard_negative"
+TRACK_QUALITY = "track_quality"
+IS_VALID = "is_valid"
+INVALID_REASON = "invalid_reason"
+
+
 def _vec(dim: int) -> pa.DataType:
     return pa.list_(pa.float32(), dim)
 
@@ -67,30 +95,30 @@ def _vec(dim: int) -> pa.DataType:
 def shard_schema(dim: int) -> pa.Schema:
     """Arrow schema of a shard whose embeddings have dimension ``dim``."""
     return pa.schema([
-        pa.field("title_id", pa.string(), nullable=False),
-        pa.field("track_id", pa.int64(), nullable=False),
-        pa.field("shot_id", pa.int32(), nullable=False),
-        pa.field("n_faces", pa.int32(), nullable=False),
-        pa.field("frame_idx", pa.list_(pa.int32()), nullable=False),
-        pa.field("timestamps", pa.list_(pa.float64()), nullable=False),
-        pa.field("boxes", pa.list_(_vec(4)), nullable=False),
-        pa.field("interp_frame_idx", pa.list_(pa.int32()), nullable=False),
-        pa.field("interp_boxes", pa.list_(_vec(4)), nullable=False),
-        pa.field("landmarks", pa.list_(_vec(10)), nullable=False),
-        pa.field("det_score", pa.list_(pa.float32()), nullable=False),
-        pa.field("face_size", pa.list_(pa.float32()), nullable=False),
-        pa.field("blur", pa.list_(pa.float32()), nullable=False),
-        pa.field("embeddings", pa.list_(_vec(dim)), nullable=False),
-        pa.field("mean_embedding", _vec(dim), nullable=False),
-        pa.field("tracklets", pa.list_(_vec(dim), N_TRACKLETS), nullable=True),
-        pa.field("tracklet_members", pa.list_(pa.list_(pa.int32())), nullable=False),
-        pa.field("crops", pa.list_(pa.binary()), nullable=False),
-        pa.field("crop_positions", pa.list_(pa.int32()), nullable=False),
-        pa.field("cannot_link", pa.list_(pa.int64()), nullable=False),
-        pa.field("hard_negative", pa.int64(), nullable=True),
-        pa.field("track_quality", pa.float32(), nullable=False),
-        pa.field("is_valid", pa.bool_(), nullable=False),
-        pa.field("invalid_reason", pa.string(), nullable=True),
+        pa.field(TITLE_ID, pa.string(), nullable=False),
+        pa.field(TRACK_ID, pa.int64(), nullable=False),
+        pa.field(SHOT_ID, pa.int32(), nullable=False),
+        pa.field(N_FACES, pa.int32(), nullable=False),
+        pa.field(FRAME_IDX, pa.list_(pa.int32()), nullable=False),
+        pa.field(TIMESTAMPS, pa.list_(pa.float64()), nullable=False),
+        pa.field(BOXES, pa.list_(_vec(4)), nullable=False),
+        pa.field(INTERP_FRAME_IDX, pa.list_(pa.int32()), nullable=False),
+        pa.field(INTERP_BOXES, pa.list_(_vec(4)), nullable=False),
+        pa.field(LANDMARKS, pa.list_(_vec(10)), nullable=False),
+        pa.field(DET_SCORE, pa.list_(pa.float32()), nullable=False),
+        pa.field(FACE_SIZE, pa.list_(pa.float32()), nullable=False),
+        pa.field(BLUR, pa.list_(pa.float32()), nullable=False),
+        pa.field(EMBEDDINGS, pa.list_(_vec(dim)), nullable=False),
+        pa.field(MEAN_EMBEDDING, _vec(dim), nullable=False),
+        pa.field(TRACKLETS, pa.list_(_vec(dim), N_TRACKLETS), nullable=True),
+        pa.field(TRACKLET_MEMBERS, pa.list_(pa.list_(pa.int32())), nullable=False),
+        pa.field(CROPS, pa.list_(pa.binary()), nullable=False),
+        pa.field(CROP_POSITIONS, pa.list_(pa.int32()), nullable=False),
+        pa.field(CANNOT_LINK, pa.list_(pa.int64()), nullable=False),
+        pa.field(HARD_NEGATIVE, pa.int64(), nullable=True),
+        pa.field(TRACK_QUALITY, pa.float32(), nullable=False),
+        pa.field(IS_VALID, pa.bool_(), nullable=False),
+        pa.field(INVALID_REASON, pa.string(), nullable=True),
     ])
 
 
@@ -126,12 +154,12 @@ COLUMN_DESCRIPTIONS = {
 
 # Columns that depend on the whole title (validity, constraints between tracks): a track's row
 # without them can be written as soon as the track closes; they are filled in at the end.
-TITLE_COLUMNS = ("title_id", "cannot_link", "hard_negative", "is_valid", "invalid_reason")
+TITLE_COLUMNS = (TITLE_ID, CANNOT_LINK, HARD_NEGATIVE, IS_VALID, INVALID_REASON)
 
 
 def embedding_dim(schema: pa.Schema) -> int:
     """D of a shard schema (read from ``mean_embedding``)."""
-    return schema.field("mean_embedding").type.list_size
+    return schema.field(MEAN_EMBEDDING).type.list_size
 
 
 def with_metadata(schema: pa.Schema, meta: dict[str, Any]) -> pa.Schema:
