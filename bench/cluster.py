@@ -100,7 +100,8 @@ def make_title(n: int, dim: int, faces=(5, 50), seed: int = 0, keep_faces: bool 
 
 
 def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    from harvest.vectors import l2_normalize
+    return l2_normalize(x, dtype=None)
 
 
 def fitted_cut(means: np.ndarray, ident: np.ndarray, seed: int = 0, pairs: int = 200_000) -> float:

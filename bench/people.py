@@ -40,7 +40,8 @@ TRACK_OFFSET, TITLE_SHIFT, FACE_NOISE = 0.8, 0.3, 0.5
 
 
 def unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    from harvest.vectors import l2_normalize
+    return l2_normalize(x, dtype=None)
 
 
 def make_corpus(n: int, dim: int, per_title: int, seed: int = 0):

@@ -16,7 +16,7 @@ from itertools import combinations
 import numpy as np
 
 from harvest.miners import Tracklets, mine_tracklets, nearest_cannot_linked
-from harvest.miners.base import l2_normalize
+from harvest.vectors import l2_normalize
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from harvest.miners import mine_tracklets
-from harvest.miners.base import l2_normalize
+from harvest.vectors import l2_normalize
 
 MB = 1 << 20
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harvest.miners import mine_tracklets
-from harvest.miners.base import l2_normalize
+from harvest.vectors import l2_normalize
 from miner_reference import TrackSet, adjacency, cannot_link_pairs, hard_negatives, tracklets
 
 

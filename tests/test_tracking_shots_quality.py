@@ -131,7 +131,7 @@ def synthetic_faces(seed, frames=400, dim=8):
     """Walkers in shots of ~40 frames, present with gaps, plus one-frame false positives:
     -> (shot boundaries, columns of faces sorted by frame; detection order inside a frame
     shuffled)."""
-    from harvest.miners.base import l2_normalize
+    from harvest.vectors import l2_normalize
     rng = np.random.default_rng(seed)
     cuts = np.sort(rng.choice(np.arange(20, frames), size=frames // 40, replace=False))
     shot_of = lambda f: int(np.searchsorted(cuts, f, side="right"))  # noqa: E731

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from harvest.vectors import l2_normalize
+
 HEAD_ONNX = "head.onnx"
 EXPORT_JSON = "export.json"
 PACK_DIR = "pack"
@@ -237,8 +239,7 @@ def _session(proto):
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
     """``n`` random unit-norm float32 rows of size ``d`` (the shards' embeddings are unit norm)."""
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return l2_normalize(np.random.default_rng(seed).standard_normal((n, d)))
 
 
 def torch_embed(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -266,7 +267,7 @@ def check_appended(composed, recogniser, model: nn.Module, n: int = 4, seed: int
     shape = [n if not isinstance(s, int) else s for s in inp.shape]
     x = np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
     base = rec.run(None, {inp.name: x})[0].reshape(shape[0], -1)
-    base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
+    base = l2_normalize(base)
     got = _session(composed).run(None, {inp.name: x})[0]
     diff = float(np.abs(got - torch_embed(model, base)).max())
     if not diff <= TOLERANCE:

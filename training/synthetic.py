@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from harvest.config import PIPELINE_VERSION
 from harvest.dataset.schema import N_TRACKLETS, shard_schema, with_metadata
+from harvest.vectors import l2_normalize
 
 BOX_W, BOX_H, SLOT_STEP = 80.0, 80.0, 150.0
 FPS = 24.0
@@ -39,7 +40,7 @@ class SyntheticSpec:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    return l2_normalize(x, dtype=None)
 
 
 def _fsl(values: np.ndarray, size: int) -> pa.Array:

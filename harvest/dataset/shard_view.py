@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from harvest.dataset import schema as S
+from harvest.vectors import l2_normalize
 
 UNIT_TOL = 1e-3
 PER_FACE = (S.FRAME_IDX, S.TIMESTAMPS, S.BOXES, S.LANDMARKS, S.DET_SCORE, S.FACE_SIZE, S.BLUR,
@@ -46,8 +47,7 @@ def is_unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def same_direction(sums: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    sums = sums / np.maximum(np.linalg.norm(sums, axis=-1, keepdims=True), 1e-12)
-    return (sums * vectors).sum(-1) >= 1.0 - UNIT_TOL
+    return (l2_normalize(sums, dtype=None) * vectors).sum(-1) >= 1.0 - UNIT_TOL
 
 
 @dataclass

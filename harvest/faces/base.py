@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harvest.vectors import l2_normalize
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -208,8 +210,7 @@ class FaceBackend(ABC):
         emb = np.asarray(self._embed(crops), dtype=np.float32).reshape(len(crops), -1)
         if emb.shape[1] != self.embedding_dim:
             raise RuntimeError(f"{self.name}: embedding dim {emb.shape[1]} != {self.embedding_dim}")
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        return emb / np.maximum(norms, 1e-12)
+        return l2_normalize(emb)
 
     def close(self) -> None:
         """Release what the backend holds beyond memory (processes); a no-op by default."""

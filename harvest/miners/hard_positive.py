@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harvest.miners.base import l2_normalize
+from harvest.vectors import l2_normalize
 
 BLOCK_ROWS = 512   # rows of the distance matrix held at once while searching the farthest pair
 # Squared-distance slack between the matrix-product estimate and the exact distance: far above

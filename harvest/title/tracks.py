@@ -24,7 +24,7 @@ from harvest.config import HarvestConfig
 from harvest.dataset.schema import N_TRACKLETS
 from harvest.dataset.shard import SpillWriter, TitleColumns, TrackRow, write_shard_file
 from harvest.miners import mine_tracklets, nearest_cannot_linked, valid_links
-from harvest.miners.base import l2_normalize
+from harvest.vectors import l2_normalize
 from harvest.title.quality import face_quality, face_size, mad_outliers, track_quality
 from harvest.title.tracking import Track, TrackLinker, interpolate_boxes
 

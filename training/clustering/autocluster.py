@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harvest.vectors import l2_normalize
 from training.clustering.hac import hac_constrained
 
 #: the defaults of the ``auto`` method (training.clustering.methods), chosen by bench/real_clusters.py
@@ -39,8 +40,8 @@ CHUNK = 8192
 
 
 def unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    """Unit rows in float64 (``harvest.vectors.l2_normalize``)."""
+    return l2_normalize(x, dtype=np.float64)
 
 
 def _track_sums(x: np.ndarray, track_of_face: np.ndarray, n_tracks: int) -> np.ndarray:

@@ -14,12 +14,13 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from sklearn.cluster import AffinityPropagation
 
+from harvest.vectors import l2_normalize
+
 LINKAGES = ("single", "complete", "average", "weighted", "centroid", "median", "ward")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return l2_normalize(x, dtype=np.float64)
 
 
 def dendrogram(emb: np.ndarray, method: str = "complete") -> np.ndarray:

@@ -51,6 +51,8 @@ import time
 
 import numpy as np
 
+from harvest.vectors import l2_normalize
+
 _BACKBONES: dict = {}       # recogniser path -> converted module (copied per title)
 log = logging.getLogger(__name__)
 
@@ -231,8 +233,8 @@ def _backbone(path: str):
 
 def _modules(backbone, dim: int, p: dict):
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class Head(nn.Module):
         def __init__(self):
@@ -299,6 +301,7 @@ class _Crops:
     def pixels(self, idx):
         """-> (B, 3, S, S) float32 in [0, 255] on the device."""
         import torch
+
         from harvest.dataset.shard import decode_crop
         imgs = [decode_crop(self.jpegs[i]) for i in idx]
         if any(im is None for im in imgs):
@@ -464,8 +467,7 @@ def run(job) -> np.ndarray:
 
 
 def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(x, dtype=np.float64)
 
 
 def _stored_embeddings(title, crops) -> np.ndarray:

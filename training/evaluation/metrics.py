@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from harvest.vectors import l2_normalize
+
 
 def _cells(y, c) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The non-zero cells of the identity x cluster contingency table: (identity index, cluster
@@ -72,7 +74,7 @@ def tpr_at_fpr(emb: np.ndarray, y, fpr: float = 0.1, groups=None) -> float:
     y = np.asarray(y)
     groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
     scores, same = [], []
-    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    e = l2_normalize(emb, dtype=None)
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
         iu = np.triu_indices(len(idx), 1)

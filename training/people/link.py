@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harvest.vectors import l2_normalize
+
 EXACT_LIMIT = 100_000       # database rows up to which the k-NN search is exact (IndexFlatIP):
                             # at 63K units exact took 9.7 s, HNSW 13.4 s (bench/people.py)
 DEFAULTS = dict(quantile=0.99, floor=0.35, prior=0.5, prior_weight=20, k=10,
@@ -33,8 +35,8 @@ DEFAULTS = dict(quantile=0.99, floor=0.35, prior=0.5, prior_weight=20, k=10,
 
 
 def unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    """Unit rows in float32 (``harvest.vectors.l2_normalize``)."""
+    return l2_normalize(x)
 
 
 def calibrate(negatives: np.ndarray, quantile: float = 0.99, floor: float = 0.35,
