@@ -11,6 +11,7 @@ without loading it): a reader never sees a partial file at a final name.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,13 +79,44 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
     if _is_object_store(fs):
         fs.pipe_file(path, data)
         return
+    with _renamed_into_place(fs, path, fsync) as f:
+        f.write(data)
+
+
+COPY_BLOCK = 4 << 20
+
+
+def write_file_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> str:
+    """Copy the local file ``local_path`` to ``path`` atomically, ``COPY_BLOCK`` bytes at a time;
+    return its sha256 (computed on the bytes as they stream). Local-like file systems: temporary
+    name in the same directory, then a rename; object stores: one ``put_file`` upload."""
+    digest = hashlib.sha256()
+    with open(local_path, "rb") as src:
+        blocks = iter(lambda: src.read(COPY_BLOCK), b"")
+        if _is_object_store(fs):
+            for block in blocks:
+                digest.update(block)
+            fs.put_file(local_path, path)
+            return digest.hexdigest()
+        with _renamed_into_place(fs, path) as dst:
+            for block in blocks:
+                digest.update(block)
+                dst.write(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _renamed_into_place(fs: fsspec.AbstractFileSystem, path: str, fsync: bool = True):
+    """The one atomic-write rule of local-like file systems: an open temporary file beside
+    ``path`` that becomes ``path`` by a rename when the block ends (flushed, and fsynced unless
+    ``fsync`` is False), and is removed when the block raises."""
     parent, name = posixpath.split(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         with fs.open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             fileno = getattr(f, "fileno", None)
             if fsync and fileno is not None:
@@ -100,51 +132,6 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
         except Exception:  # pragma: no cover - best effort, the original error matters
             pass
         raise
-
-
-def _cleanup(fs: fsspec.AbstractFileSystem, tmp: str) -> None:
-    try:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-    except Exception:  # pragma: no cover - best effort, the original error matters
-        pass
-
-
-COPY_BLOCK = 4 << 20
-
-
-def write_file_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> str:
-    """Copy the local file ``local_path`` to ``path`` atomically, ``COPY_BLOCK`` bytes at a time;
-    return its sha256 (computed on the bytes as they stream). Local-like file systems: temporary
-    name in the same directory, then a rename; object stores: one ``put_file`` upload."""
-    digest = hashlib.sha256()
-    if _is_object_store(fs):
-        with open(local_path, "rb") as src:
-            for block in iter(lambda: src.read(COPY_BLOCK), b""):
-                digest.update(block)
-        fs.put_file(local_path, path)
-        return digest.hexdigest()
-    parent, name = posixpath.split(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(local_path, "rb") as src, fs.open(tmp, "wb") as dst:
-            for block in iter(lambda: src.read(COPY_BLOCK), b""):
-                digest.update(block)
-                dst.write(block)
-            dst.flush()
-            fileno = getattr(dst, "fileno", None)
-            if fileno is not None:
-                try:
-                    os.fsync(fileno())
-                except (OSError, ValueError, AttributeError, NotImplementedError):
-                    pass
-        fs.mv(tmp, path)
-    except BaseException:
-        _cleanup(fs, tmp)
-        raise
-    return digest.hexdigest()
 
 
 def shard_path(root: str, title_id: str) -> str:
