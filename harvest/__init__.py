@@ -4,8 +4,9 @@
 The packages are the layers, each importing only the ones above it in this list:
 
     config.py  every setting of a harvest and the pipeline version (what every layer reads);
-               vectors.py: unit-normalising embeddings, the one definition
-    video/     video in: readers (PyAV, decord, NVDEC), frame-exact chunked decode, shot cuts
+               vectors.py: unit-normalising embeddings, the one definition; tables.py: the
+               console's text tables, the one layout
+    video/     video in: readers (PyAV, NVDEC), frame-exact chunked decode, shot cuts
     faces/     face backends (detect, align, embed), the model zoo, boxes, photo embedding
     miners/    Multi-Face self-supervision as pure functions: tracklets, cannot-links, hard
                negatives (the pipeline, validate and takedown share them)

@@ -12,18 +12,14 @@ import pyarrow.parquet as pq
 
 from harvest.dataset import schema as S
 from harvest.dataset import storage
+from harvest.tables import RULE, text_table
 
 STAT_COLUMNS = ["n_faces", "is_valid", "cannot_link", "hard_negative", "tracklets",
                 "mean_embedding"]
 
 
 def _table(header: list[str], rows: list[list]) -> str:
-    cells = [[str(c) for c in header]] + [
-        [("" if c is None else str(c)) for c in r] + [""] * (len(header) - len(r)) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table([header, RULE, *rows], strip=True)
 
 
 def shard_stats(fs, path: str) -> dict:
@@ -76,8 +72,8 @@ def inspect_main(url: str) -> int:
     print(f"Manifest of {url}: {len(records)} title(s)")
     if rows:
         status = [r.get("status") for r in records.values()]
-        rows.append(["TOTAL", "", f"{status.count(S.STATUS_DONE)} done / "
-                     f"{status.count(S.STATUS_FAILED)} failed"]
+        rows.append(["TOTAL", "", (f"{status.count(S.STATUS_DONE)} done / "
+                                   f"{status.count(S.STATUS_FAILED)} failed")]
                     + [totals[k] for k in S.COUNT_FIELDS] + [f"{totals['seconds']:.1f}", ""])
         print(_table(["title_id", "source", "status", "frames", "faces", "tracks", "valid",
                       "cl pairs", "seconds", "error"], rows))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from harvest.dataset.schema import COUNT_FIELDS
+from harvest.tables import RULE, text_table
 
 _COLUMNS = ("title", "status") + COUNT_FIELDS + ("seconds", "frames/s")
 
@@ -17,11 +18,7 @@ def summary_table(records: list[dict], skipped: set | None = None) -> str:
     totals += [str(sum(int(r.get(k) or 0) for r in records)) for k in COUNT_FIELDS]
     seconds = sum(float(r.get("seconds") or 0) for r in records)
     totals += [f"{seconds:.1f}", _rate(sum(int(r.get("frames") or 0) for r in records), seconds)]
-    table = [list(_COLUMNS)] + rows + [totals]
-    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+    lines = [text_table([_COLUMNS, RULE, *rows, RULE, totals])]
     errors = [f"  {r['title_id']}: {r['error'].splitlines()[0]}" for r in records
               if r["status"] != "done" and r.get("error")]
     return "\n".join(lines + (["errors:"] + errors if errors else []))

@@ -12,14 +12,15 @@ import json
 
 import numpy as np
 
-from training.clustering import hac
-from training.evaluation import metrics
+from harvest.tables import text_table
 from training import registry
-from training.columns import BOXES, FRAME_IDX
-from training.data import resolve_titles, shard_info
-from training.evaluation.labels import assign, read_labels
+from training.clustering import hac
 from training.clustering.methods import Job, read_tracks
 from training.clustering.methods import get as get_method
+from training.columns import BOXES, FRAME_IDX
+from training.data import resolve_titles, shard_info
+from training.evaluation import metrics
+from training.evaluation.labels import assign, read_labels
 from training.registry import embed_rows, mean_track_embedding
 
 DEFAULT_METHODS = ("auto", "hac-k", "hac-threshold", "ap")
@@ -47,9 +48,9 @@ def load_title(info: dict, labels, key: str, model=None, min_iou: float = 0.5,
     keep = np.array([w is not None for w in who], bool)
     tracks = tracks.subset(keep)
     emb = embed_tracks(model, tracks) if model is not None else embed(tracks.means)
-    return dict(title=info["title_id"], path=info["path"], tracks=tracks, emb=emb,
-                identity=np.array([w for w in who if w is not None], dtype=object),
-                n_unmatched=int((~keep).sum()))
+    return {"title": info["title_id"], "path": info["path"], "tracks": tracks, "emb": emb,
+            "identity": np.array([w for w in who if w is not None], dtype=object),
+            "n_unmatched": int((~keep).sum())}
 
 
 class NoLabelledTitle(ValueError):
@@ -141,8 +142,9 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
         done = [(t, c) for t, c in zip(data, preds) if c is not None]
         for t, c in done:
             records.append(_record(t["title"], method.name, head_name, [t], [c]))
-            drawn.append(dict(title=t["title"], path=t["path"], method=method.name, pred=c,
-                              track_ids=t["tracks"].track_ids, identity=t["identity"]))
+            drawn.append({"title": t["title"], "path": t["path"], "method": method.name,
+                          "pred": c, "track_ids": t["tracks"].track_ids,
+                          "identity": t["identity"]})
         if done:
             records.append(_record("pooled", method.name, head_name, *map(list, zip(*done))))
     if report:
@@ -171,9 +173,7 @@ def format_table(records: list[dict]) -> str:
     """The console table: one line per record, the metrics of ``TABLE_COLUMNS``."""
     cols = TABLE_COLUMNS
     rows = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in records]
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
-    return "\n".join([line(cols)] + [line(r) for r in rows])
+    return text_table([cols, *rows], right=True)
 
 
 def write_json(records: list[dict], path: str) -> None:
