@@ -7,7 +7,8 @@
     c1c.py             C1C: FINCH under must-links (a track's faces) and cannot-links
     autocluster.py     ``auto``, the default: title-adapted embedding, a cut calibrated on the
                        title's own cannot-links
-    vcn.py             VideoClusterNet: per-title fine-tuning of the recogniser on face crops
+    vcn.py             VideoClusterNet: its formulas, defaults and the method (vcn_finetune.py:
+                       the per-title fine-tuning of the recogniser on face crops, torch)
     confidence.py      the calibrated per-track confidence of any clustering
     cluster_titles.py  the ``cluster`` command: one Ray task per title, outputs and report
 

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from training.clustering import hac
 from training.clustering.autocluster import DEFAULTS as AUTO_DEFAULTS
+from training.clustering.vcn import DEFAULTS as VCN_DEFAULTS
 from training.columns import CANNOT_LINK, IS_VALID, MEAN_EMBEDDING, TRACK_ID
 from training.data import _fs, _vectors, faces_of
 
@@ -311,12 +312,7 @@ def _vcn(job: Job) -> np.ndarray:
     return run(job)
 
 
-register(Method("vcn", _vcn, cannot_link="always", crops=True, defaults=dict(
-    models=None, device="auto", seed=0, prototypes=1024, hidden=256, bottleneck=64,
-    tau_s=0.1, tau_t=0.04, centre_momentum=0.9, teacher_momentum=0.996, lr=1e-3,
-    backbone_lr=1e-5, batch=8, head_steps=300, rounds=2, steps=4, crops_per_track=8,
-    shrinkage=0.5,
-    serfiq_passes=100, serfiq_dropout=0.5, mad=2.7, max_edges=32)))
+register(Method("vcn", _vcn, cannot_link="always", crops=True, defaults=dict(VCN_DEFAULTS)))
 
 
 def track_confidence(job: Job, labels: np.ndarray) -> np.ndarray:

@@ -43,18 +43,22 @@ No public code exists; this follows methods.md 5.2 and marks our choices:
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
 import time
 
 import numpy as np
 
 from harvest.vectors import l2_normalize
 
-_BACKBONES: dict = {}       # recogniser path -> converted module (copied per title)
 log = logging.getLogger(__name__)
+
+#: the method's parameters and defaults (``--param``), registered by training.clustering.methods
+DEFAULTS = dict(
+    models=None, device="auto", seed=0, prototypes=1024, hidden=256, bottleneck=64,
+    tau_s=0.1, tau_t=0.04, centre_momentum=0.9, teacher_momentum=0.996, lr=1e-3,
+    backbone_lr=1e-5, batch=8, head_steps=300, rounds=2, steps=4, crops_per_track=8,
+    shrinkage=0.5, serfiq_passes=100, serfiq_dropout=0.5, mad=2.7, max_edges=32)
 
 
 # ------------------------------------------------------------------ formulas (methods.md 5.3)
@@ -203,286 +207,38 @@ def loss_distance_clustering(sp, sl, diag, n, cannot_pairs=np.zeros((0, 2), np.i
 
 
 # ------------------------------------------------------------------ networks
-def recogniser_path(meta: dict, models: str | None = None) -> str:
-    """The face pack's recogniser the shard was embedded with: ``models`` (a directory or URL),
-    else the harvest's default model directories ($HARVEST_MODELS, ...); checked by sha256."""
-    from harvest.faces.base import file_sha256
-    from harvest.faces.insightface_backend import find_model_pack
-    from harvest.faces.registry import find_default_models, stage_models
-    model_dir = stage_models(models) if models else find_default_models()
-    name, sha = meta.get("embedder_file"), meta.get("embedder_sha256")
-    if not model_dir:
-        raise FileNotFoundError(f"vcn fine-tunes the recogniser the shard was embedded with "
-                                f"({name}): give its face pack directory as the method parameter "
-                                f"models=DIR or in $HARVEST_MODELS")
-    path = os.path.join(model_dir, name) if name else ""
-    if not os.path.isfile(path):
-        path = find_model_pack(model_dir)[1]
-    if sha and file_sha256(path) != sha:
-        raise ValueError(f"{path} is not the recogniser the shard was embedded with "
-                         f"({name}, sha256 {sha[:12]}...)")
-    return path
-
-
-def _backbone(path: str):
-    if path not in _BACKBONES:
-        from harvest.faces.torch_backend import convert_onnx
-        _BACKBONES[path] = convert_onnx(path)
-    return copy.deepcopy(_BACKBONES[path])
-
-
-def _modules(backbone, dim: int, p: dict):
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class Head(nn.Module):
-        def __init__(self):
-            super().__init__()
-            h, b = p["hidden"], p["bottleneck"]
-            self.mlp = nn.Sequential(nn.Linear(dim, h), nn.GELU(), nn.Linear(h, h), nn.GELU(),
-                                     nn.Linear(h, b))
-            self.prototypes = nn.Parameter(torch.randn(p["prototypes"], b) / math.sqrt(b))
-
-        def forward(self, emb):
-            z = F.normalize(self.mlp(F.normalize(emb, dim=-1)), dim=-1)
-            return z @ F.normalize(self.prototypes, dim=-1).T
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone, self.head = backbone, Head()
-            self.tap = backbone.last_linear_input()
-
-        def embed(self, x, with_tap=False):
-            out = self.backbone(x, outputs=[self.tap, self.backbone.output_names[0]])
-            tap, emb = out[0], out[1].reshape(len(x), -1)
-            return (emb, tap) if with_tap else emb
-
-        def forward(self, x):
-            return self.head(self.embed(x))
-    return Net()
-
-
-def _augment(x, gen):
-    """(B, 3, S, S) float in [0, 255]: flip (p 0.5), rotation +-10 deg, colour temperature +-10 %."""
-    import torch
-    import torch.nn.functional as F
-    b = len(x)
-    u = torch.rand(b, 3, generator=gen).to(x.device)
-    flip = u[:, 0] < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    a = (u[:, 1] * 2 - 1) * math.radians(10)
-    theta = torch.stack([torch.stack([a.cos(), -a.sin(), torch.zeros_like(a)], 1),
-                         torch.stack([a.sin(), a.cos(), torch.zeros_like(a)], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    d = (u[:, 2] * 2 - 1) * 0.1
-    scale = torch.stack([1 + d, torch.ones_like(d), 1 - d], 1)[:, :, None, None]
-    return (x * scale).clamp(0, 255).contiguous(memory_format=torch.channels_last)
-
-
-class _Crops:
-    """The title's crops as JPEG bytes (decoded per batch, never the whole title at once): at
-    most ``per_track`` of each track's stored crops, evenly spread over them."""
-
-    def __init__(self, jpegs: list, positions: list, per_track: int, device):
-        pick = [np.unique(np.round(np.linspace(0, len(c) - 1, per_track)).astype(np.int64))
-                if len(c) > per_track else np.arange(len(c)) for c in jpegs]
-        self.jpegs = [c[i] for c, idx in zip(jpegs, pick) for i in idx]
-        self.positions = np.array([pos[i] for pos, idx in zip(positions, pick) for i in idx],
-                                  np.int64)
-        self.track = np.repeat(np.arange(len(jpegs)), [len(i) for i in pick])
-        self.device = device
-
-    def __len__(self):
-        return len(self.jpegs)
-
-    def pixels(self, idx):
-        """-> (B, 3, S, S) float32 in [0, 255] on the device."""
-        import torch
-
-        from harvest.dataset.shard import decode_crop
-        imgs = [decode_crop(self.jpegs[i]) for i in idx]
-        if any(im is None for im in imgs):
-            raise ValueError("vcn: an undecodable face crop in the shard (run harvest validate)")
-        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)
-
-
-def _norm(x):
-    return (x - 127.5) / 127.5
 
 
 # ------------------------------------------------------------------ the method
 def run(job) -> np.ndarray:
-    """The ``vcn`` method of :mod:`training.clustering.methods`: Job -> (T,) labels."""
-    import torch
-    p = job.params
-    t = job.title
-    jpegs, positions = t.crops
+    """The ``vcn`` method of :mod:`training.clustering.methods`: Job -> (T,) labels. The
+    fine-tuning itself is :class:`training.clustering.vcn_finetune.FineTune`."""
+    from training.clustering.vcn_finetune import FineTune
+    p, t = job.params, job.title
+    jpegs, _ = t.crops
     if not sum(map(len, jpegs)):
         raise ValueError(f"vcn needs face crops in the shard of {t.title_id} (crops mode "
                          f"{t.meta.get('crops', 'none')!r}): harvest it with --crops sample")
-    device = torch.device("cuda" if p["device"] in ("auto", "cuda") and torch.cuda.is_available()
-                          else "cpu")
-    gen = torch.Generator().manual_seed(int(p["seed"]))
-    rng = np.random.default_rng(int(p["seed"]))
-    crops = _Crops(jpegs, positions, int(p["crops_per_track"]), device)
-    T, N, bs = t.n_tracks, len(crops), int(p["batch"])
-    cannot = {(int(a), int(b)) for a, b in t.cannot_link_pairs()}
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(p["seed"]))
-        student = _modules(_backbone(recogniser_path(t.meta, p["models"])), t.means.shape[1], p)
-    student = student.to(device, memory_format=torch.channels_last)   # ~2x faster convs on CPU
-    teacher = copy.deepcopy(student)
-    for q in teacher.parameters():
-        q.requires_grad_(False)
-    centre = torch.zeros(p["prototypes"], device=device)
-    tau_t, tau_s = p["tau_t"], p["tau_s"]
-
-    def embed_all(net, aug=False):
-        net.eval()
-        out = []
-        with torch.no_grad():
-            for i in range(0, N, 64):
-                x = crops.pixels(range(i, min(i + 64, N)))
-                out.append(net.embed(_norm(_augment(x, gen) if aug else x)))
-        return torch.cat(out)
-
-    def pairs(emb_unit):
-        groups = [emb_unit[crops.track == k] for k in range(T)]
-        partners = [[k] for k in range(T)]
-        for u, v in coarse_matches(groups, p["shrinkage"], cannot):
-            partners[u].append(v)
-            partners[v].append(u)
-        by_track = [np.flatnonzero(crops.track == k) for k in range(T)]
-        live = [k for k in range(T) if len(by_track[k])]
-
-        def draw(n):
-            a = rng.choice(live, n)
-            b = [rng.choice([v for v in partners[k] if len(by_track[v])]) for k in a]
-            return (np.array([rng.choice(by_track[k]) for k in a]),
-                    np.array([rng.choice(by_track[k]) for k in b]))
-        return draw
-
-    def step(opt, t_a, t_b, s_a, s_b, s_mod, t_mod):
-        """One update on the outputs of two views (teacher t_*, student s_*) of a pair; the
-        teacher module ``t_mod`` follows the student's ``s_mod`` (EMA)."""
-        nonlocal centre
-        loss = (ssl_loss(t_a, s_b, centre, tau_t, tau_s).mean()
-                + ssl_loss(t_b, s_a, centre, tau_t, tau_s).mean()) / 2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        m = p["teacher_momentum"]
-        with torch.no_grad():
-            tp = list(t_mod.parameters())
-            torch._foreach_mul_(tp, m)
-            torch._foreach_add_(tp, [q.detach() for q in s_mod.parameters()], alpha=1 - m)
-            batch_centre = torch.cat([t_a, t_b]).mean(0)
-            centre = p["centre_momentum"] * centre + (1 - p["centre_momentum"]) * batch_centre
-        return float(loss.detach())
-
-    clock = time.perf_counter()
-    log.info("vcn %s: %d tracks, %d crops, device %s", t.title_id, T, N, device)
-    # stage 1: head only, on the stored (un-augmented) and one augmented backbone view per crop
-    stored = _stored_embeddings(t, crops)
-    views = torch.stack([torch.as_tensor(stored, dtype=torch.float32, device=device),
-                         embed_all(student, aug=True)])
-    draw = pairs(_unit(stored))
-    opt = torch.optim.AdamW(student.head.parameters(), lr=p["lr"], weight_decay=0.04)
-    student.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # tiny ops: worker threads only add barrier waits
-    try:
-        for _ in range(int(p["head_steps"])):
-            a, b = draw(bs)
-            va, vb = rng.integers(2, size=bs), rng.integers(2, size=bs)
-            xa, xb = views[va, a], views[vb, b]
-            with torch.no_grad():
-                ta, tb = teacher.head(xa), teacher.head(xb)
-            step(opt, ta, tb, student.head(xa), student.head(xb), student.head, teacher.head)
-    finally:
-        torch.set_num_threads(threads)
-
-    log.info("vcn stage 1 (head, %d steps) done at %.1fs", p["head_steps"],
-             time.perf_counter() - clock)
-    # stage 2: joint fine-tuning, alternating with coarse track matching
-    opt = torch.optim.AdamW([{"params": student.head.parameters()},
-                             {"params": student.backbone.parameters(), "lr": p["backbone_lr"]}],
-                            lr=p["lr"], weight_decay=0.04)
-    for r in range(int(p["rounds"])):
-        if r:       # the first round's teacher backbone is still the recogniser: stored views
-            draw = pairs(_unit(embed_all(teacher).cpu().numpy()))
-        for _ in range(int(p["steps"])):
-            a, b = draw(bs)
-            xa = _norm(_augment(crops.pixels(a), gen))
-            xb = _norm(_augment(crops.pixels(b), gen))
-            student.train()
-            with torch.no_grad():
-                ta, tb = teacher(xa), teacher(xb)
-            step(opt, ta, tb, student(xa), student(xb), student, teacher)
-
-    log.info("vcn stage 2 (%d x %d joint steps) done at %.1fs", p["rounds"], p["steps"],
-             time.perf_counter() - clock)
-    # quality and the loss-as-distance sums, one block of crops at a time
-    student.eval()
-    teacher.eval()
-    K = p["prototypes"]
-    sp, sl = np.zeros((T, K)), np.zeros((T, K))
-    diag, quality = np.zeros(T), np.zeros(T)
-    with torch.no_grad():
-        w = None
-        for i in range(0, N, 64):
-            idx = np.arange(i, min(i + 64, N))
-            x = _norm(crops.pixels(idx))
-            emb, tap = teacher.embed(x, with_tap=True)
-            pt = torch.softmax((teacher.head(emb) - centre) / tau_t, -1)
-            ls = -torch.log_softmax(student(x) / tau_s, -1)
-            q = _serfiq_passes(teacher, tap, p, gen)
-            tr = crops.track[idx]
-            np.add.at(sp, tr, pt.double().cpu().numpy())
-            np.add.at(sl, tr, ls.double().cpu().numpy())
-            np.add.at(diag, tr, (pt * ls).sum(1).double().cpu().numpy())
-            np.add.at(quality, tr, q)
-    n = np.bincount(crops.track, minlength=T).astype(np.float64)
-    quality = quality / np.maximum(n, 1)
+    tune = FineTune(t, p)
+    tune.head_stage()
+    tune.joint_stage()
+    sp, sl, diag, n, quality = tune.track_sums()
     has = n > 0
     unknown = ~has
     unknown[has] = mad_unknown(quality[has], p["mad"])
     keep = np.flatnonzero(~unknown)
-    remap = np.full(T, -1)
+    remap = np.full(t.n_tracks, -1)
     remap[keep] = np.arange(len(keep))
-    cl = np.array([(remap[a], remap[b]) for a, b in cannot if remap[a] >= 0 and remap[b] >= 0],
-                  np.int64).reshape(-1, 2)
-    labels = np.empty(T, np.int64)
+    cl = np.array([(remap[a], remap[b]) for a, b in tune.cannot
+                   if remap[a] >= 0 and remap[b] >= 0], np.int64).reshape(-1, 2)
+    labels = np.empty(t.n_tracks, np.int64)
     labels[keep] = loss_distance_clustering(sp[keep], sl[keep], diag[keep], n[keep], cl,
                                             int(p["max_edges"]))
     labels[unknown] = len(keep) + np.arange(unknown.sum())       # Unknown: one label each
     log.info("vcn: %d Unknown tracks, %d clusters, %.1fs", unknown.sum(), len(set(labels)),
-             time.perf_counter() - clock)
+             time.perf_counter() - tune.clock)
     return labels
 
 
-def _unit(x):
+def unit(x) -> np.ndarray:
     return l2_normalize(x, dtype=np.float64)
-
-
-def _stored_embeddings(title, crops) -> np.ndarray:
-    """The shard's embedding of each crop's face (the un-augmented backbone view)."""
-    faces, tof = title.faces, title.track_of_face
-    first = np.searchsorted(tof, np.arange(title.n_tracks))
-    return faces[first[crops.track] + crops.positions]
-
-
-def _serfiq_passes(net, tap, p, gen) -> np.ndarray:
-    """Per crop SER-FIQ score: m passes of dropout on the recogniser's last linear input."""
-    import torch
-    m, rate = int(p["serfiq_passes"]), float(p["serfiq_dropout"])
-    b = len(tap)
-    rep = tap.repeat_interleave(m, 0)
-    keep = (torch.rand(rep.shape, generator=gen) >= rate).to(rep.device, rep.dtype)
-    out = net.backbone(resume={net.tap: rep * keep / (1 - rate)}).reshape(b, m, -1)
-    return serfiq_quality(out.double().cpu().numpy())
