@@ -14,14 +14,15 @@ import dataclasses
 import fnmatch
 import json
 import posixpath
+from dataclasses import dataclass
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from harvest.config import HarvestConfig, model_digest
 from harvest.dataset import schema as S
 from harvest.dataset import storage
 from harvest.dataset.inspect_output import human_size
-from harvest.config import HarvestConfig, model_digest
 
 CARD_FILE = "README.md"
 TASK_CATEGORIES = ("image-feature-extraction",)
@@ -165,18 +166,34 @@ def front_matter(*, license: str, n_tracks: int, pretty_name: str) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class _Output:
+    """What the card reads of a harvest output, once."""
+    root: str
+    records: dict
+    shards: dict             # title_id -> (metadata, schema)
+    held: dict               # shard_holdings
+    done: list
+    failed: list
+    totals: dict
+
+
+def _read_output(url: str) -> _Output:
+    fs, root = storage.open_fs(url)
+    records = dict(sorted(storage.read_records(fs, root).items()))
+    done = [r for r in records.values() if r.get("status") == S.STATUS_DONE]
+    failed = [r for r in records.values() if r.get("status") != S.STATUS_DONE]
+    return _Output(root, records, _read_shards(fs, root), shard_holdings(fs, root), done, failed,
+                   {k: sum(int(r.get(k) or 0) for r in done) for k in S.COUNT_FIELDS})
+
+
 def build_card(url: str, *, license: str = "other", pretty_name: str | None = None,
                contact: str | None = None) -> str:
     """The dataset card (markdown with YAML front matter) of the harvest output at ``url``."""
-    fs, root = storage.open_fs(url)
-    records = dict(sorted(storage.read_records(fs, root).items()))
-    shards = _read_shards(fs, root)
-    held = shard_holdings(fs, root)
-    done = [r for r in records.values() if r.get("status") == S.STATUS_DONE]
-    failed = [r for r in records.values() if r.get("status") != S.STATUS_DONE]
-    totals = {k: sum(int(r.get(k) or 0) for r in done) for k in S.COUNT_FIELDS}
-    name = pretty_name or f"movieface harvest {posixpath.basename(root)}"
-    out = [front_matter(license=license, n_tracks=totals["tracks"], pretty_name=name), "",
+    o = _read_output(url)
+    name = pretty_name or f"movieface harvest {posixpath.basename(o.root)}"
+    setups = _setups(o.shards)
+    out = [front_matter(license=license, n_tracks=o.totals["tracks"], pretty_name=name), "",
            f"# {name}", "",
            "Face tracks harvested from videos by `movieface` (`harvest run`), one Parquet shard "
            "per title and one row per face track, with weak labels mined from the videos "
@@ -184,38 +201,52 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
            "hard-positive tracklets per track and a hard negative per track. There are no "
            "identity labels. This card was written by `harvest card` from the manifest and the "
            "shard metadata.", ""]
+    out += _contents(o) + _sources(o) + _configuration(setups) + _models(setups, o.held, license)
+    out += _schema_section(o.shards) + LIMITATIONS
+    out += _consent(o.held, len(o.records), contact or "the publisher of this dataset")
+    return "\n".join(out)
 
-    out += ["## Contents", ""]
+
+def _contents(o: _Output) -> list[str]:
+    held, totals = o.held, o.totals
+    out = ["## Contents", ""]
     out += _table(["measure", "value"], [
-        ["titles", len(records)], ["titles done", len(done)], ["titles failed", len(failed)],
+        ["titles", len(o.records)], ["titles done", len(o.done)], ["titles failed", len(o.failed)],
         *[[k.replace("_", " "), totals[k]] for k in S.COUNT_FIELDS],
         ["face embeddings", totals["faces"]], ["face images", held["crops"]],
         ["face image bytes", held["crop_bytes"]], ["shards", held["shards"]],
         ["shard bytes", held["bytes"]]])
-    out += ["", "Counts are the sums over done titles of the manifest records "
-            "(`manifest.jsonl`); `tracks` is the number of rows in `shards/`; there is one face "
-            "embedding per face. Face images (aligned JPEG crops) and sizes are read from the "
-            f"shards: {human_size(held['bytes'])} in all, {human_size(held['crop_bytes'])} of "
-            "them face images.", ""]
+    return out + ["", "Counts are the sums over done titles of the manifest records "
+                  "(`manifest.jsonl`); `tracks` is the number of rows in `shards/`; there is one "
+                  "face embedding per face. Face images (aligned JPEG crops) and sizes are read "
+                  f"from the shards: {human_size(held['bytes'])} in all, "
+                  f"{human_size(held['crop_bytes'])} of them face images.", ""]
 
-    out += ["## Sources", ""]
+
+def _sources(o: _Output) -> list[str]:
     rows = []
-    for tid, r in records.items():
-        meta = shards.get(tid, ({}, None))[0]
+    for tid, r in o.records.items():
+        meta = o.shards.get(tid, ({}, None))[0]
         size = f"{meta['width']}x{meta['height']}" if "width" in meta else None
         rows.append([f"`{tid}`", posixpath.basename(str(r.get("source") or "")), r.get("status"),
                      *[r.get(k) for k in S.COUNT_FIELDS], size, meta.get("fps"),
                      r.get("error")])
-    out += _table(["title_id", "source file", "status", "frames", "faces", "tracks",
-                   "valid tracks", "cannot-link pairs", "size", "fps", "error"], rows)
-    out += [""]
+    return ["## Sources", "", *_table(["title_id", "source file", "status", "frames", "faces",
+                                       "tracks", "valid tracks", "cannot-link pairs", "size",
+                                       "fps", "error"], rows), ""]
 
+
+def _setups(shards: dict) -> dict[str, tuple[dict, list[str]]]:
+    """The distinct harvest setups of the shards -> (setup, its title ids)."""
     setups: dict[str, tuple[dict, list[str]]] = {}
     for tid, (meta, _) in shards.items():
         setup = {k: meta.get(k) for k in SETUP_FIELDS}
-        key = json.dumps(setup, sort_keys=True)
-        setups.setdefault(key, (setup, []))[1].append(tid)
-    out += ["## Harvest configuration", ""]
+        setups.setdefault(json.dumps(setup, sort_keys=True), (setup, []))[1].append(tid)
+    return setups
+
+
+def _configuration(setups: dict) -> list[str]:
+    out = ["## Harvest configuration", ""]
     if not setups:
         out += ["No shard has been written yet.", ""]
     for setup, tids in setups.values():
@@ -224,7 +255,8 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
         out += _table(["field", "value"], [[k, f"`{setup[k]}`"] for k in SETUP_FIELDS])
         out += [""]
         if default_config_matches(setup):
-            fields = [f for f in dataclasses.fields(HarvestConfig) if f.name not in ("backend", "models")]
+            fields = [f for f in dataclasses.fields(HarvestConfig)
+                      if f.name not in ("backend", "models")]
             values = {k: setup[k] for k in SETTINGS if setup.get(k) is not None}
             out += [f"The config hash `{setup['config_hash']}` is that of these settings "
                     "(`harvest/config.py` `HarvestConfig`; checked by recomputing the hash):", ""]
@@ -235,8 +267,11 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
                     "setting, the backend, the model files' sha256 and the pipeline version; "
                     "some settings differ from the defaults and only their hash is recorded."]
         out += [""]
+    return out
 
-    out += ["## Model files and licences", ""]
+
+def _models(setups: dict, held: dict, license: str) -> list[str]:
+    out = ["## Model files and licences", ""]
     models = sorted({(s["backend"], slot, s[f"{slot}_file"], s[f"{slot}_sha256"])
                      for s, _ in setups.values() for slot in ("detector", "embedder")})
     out += _table(["backend", "role", "file", "sha256", "licence"],
@@ -247,39 +282,44 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
                    if held["crops"] else
                    "no frames and no face images, only boxes, landmarks, embeddings and mined "
                    "constraints")
-    out += ["", "## Licence", "",
-            f"Licence field: `{license}`. The shards hold embeddings and detections computed "
-            "by the models above, so the licences of those weights (table above) bind their "
-            f"use as well. The source videos keep their own copyright; this dataset holds "
-            f"{held_images}.", ""]
+    return out + ["", "## Licence", "",
+                  f"Licence field: `{license}`. The shards hold embeddings and detections "
+                  "computed by the models above, so the licences of those weights (table above) "
+                  "bind their use as well. The source videos keep their own copyright; this "
+                  f"dataset holds {held_images}.", ""]
 
+
+def _schema_section(shards: dict) -> list[str]:
     dim_schema = next(iter(shards.values()))[1] if shards else S.shard_schema(0)
-    out += ["## Schema", "",
-            "One row per face track (N = faces in the track, D = embedding dimension). "
-            "Rows are in ascending `track_id`; `cannot_link` and `hard_negative` refer to "
-            "`track_id`s of the same title.", ""]
+    out = ["## Schema", "",
+           "One row per face track (N = faces in the track, D = embedding dimension). "
+           "Rows are in ascending `track_id`; `cannot_link` and `hard_negative` refer to "
+           "`track_id`s of the same title.", ""]
     out += _table(["column", "Arrow type", "description"],
                   [[f"`{f.name}`", f"`{f.type}`" if shards else f"`{f.type}`".replace("[0]", "[D]"),
                     S.COLUMN_DESCRIPTIONS.get(f.name, "")] for f in dim_schema])
-    out += ["", f"Each shard's Parquet file metadata has a `{S.METADATA_KEY.decode()}` key "
-            "(JSON) with the title's source URI, fps, size, decode geometry, shot boundaries and "
-            "the harvest setup above.", ""]
+    return out + ["", f"Each shard's Parquet file metadata has a `{S.METADATA_KEY.decode()}` key "
+                  "(JSON) with the title's source URI, fps, size, decode geometry, shot boundaries "
+                  "and the harvest setup above.", ""]
 
-    out += ["## Known limitations", "",
-            "- Weak labels only: cannot-links say two faces in one frame are different people; "
-            "nothing says which tracks of different shots are the same person.",
-            "- Tracks are built by box overlap inside a shot; a track can switch identity when "
-            "faces cross, and a person leaving and re-entering gives several tracks.",
-            "- Small, profile, occluded or blurred faces are missed or kept as invalid tracks "
-            "(`is_valid = false`, never mined): filter on `is_valid` for training.",
-            "- Embeddings depend on the backend; D differs between backends, so shards of "
-            "different backends do not load as one table.",
-            "- The detector and recogniser were trained on data with unknown demographic "
-            "balance; accuracy may differ between groups of people.",
-            "- Failed titles (see Sources) have no shard.", ""]
 
-    who = contact or "the publisher of this dataset"
-    out += ["## Consent and personal data", "", *personal_data(held, len(records)),
+LIMITATIONS = [
+    "## Known limitations", "",
+    "- Weak labels only: cannot-links say two faces in one frame are different people; "
+    "nothing says which tracks of different shots are the same person.",
+    "- Tracks are built by box overlap inside a shot; a track can switch identity when "
+    "faces cross, and a person leaving and re-entering gives several tracks.",
+    "- Small, profile, occluded or blurred faces are missed or kept as invalid tracks "
+    "(`is_valid = false`, never mined): filter on `is_valid` for training.",
+    "- Embeddings depend on the backend; D differs between backends, so shards of "
+    "different backends do not load as one table.",
+    "- The detector and recogniser were trained on data with unknown demographic "
+    "balance; accuracy may differ between groups of people.",
+    "- Failed titles (see Sources) have no shard.", ""]
+
+
+def _consent(held: dict, n_titles: int, who: str) -> list[str]:
+    return ["## Consent and personal data", "", *personal_data(held, n_titles),
             "- Intended use: research on face clustering and video understanding (training and "
             "evaluating clustering heads on weak labels), within the rights to the source videos.",
             "- Do not use it to identify, track or profile private individuals, for surveillance, "
@@ -292,7 +332,6 @@ def build_card(url: str, *, license: str = "other", pretty_name: str | None = No
             "card and logs the request in `takedown/audit.jsonl`.",
             "- No consent of the people shown has been collected by this tool; publishers must "
             "establish a legal basis for processing before publishing.", ""]
-    return "\n".join(out)
 
 
 def card_main(url: str, out: str | None = None, **kwargs) -> int:
