@@ -209,20 +209,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(hp["seed"])
     objective = Objective(head, dim, hp.get("model_kwargs"))
     optimizer = make_optimizer(objective, hp)
-    state = dict(epoch=0, step=0, best=float("inf"), best_epoch=0, bad=0, stopped=False,
-                 history=[], init=None)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
-        if saved["head"] != head or saved["in_dim"] != dim:
-            raise ValueError(f"checkpoint is {saved['head']}/D={saved['in_dim']}, "
-                             f"not {head}/D={dim}")
-        objective.load_state_dict(saved["objective"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = {"best_epoch": 0, **saved["state"]}
-        if rank == 0:
-            log.info(f"[{head}] resumed from epoch {state['epoch']}")
+    state = _restore(objective, optimizer, head, dim, rank)
     objective = ray.train.torch.prepare_model(objective)
     device = ray.train.torch.get_device()
     val_share = deal_titles(config["val"], world)[rank]
@@ -247,38 +234,70 @@ def train_loop(config: dict) -> None:
         (total, count), state["step"] = run_epoch(objective, train_batches, device, optimizer, hp,
                                                   epoch, state["step"], after_step=after_step)
         total, count = _allreduce([total, float(count)], device)
-        train_loss = total / max(count, 1.0)
         t_train = time.perf_counter() - t0
-        val_loss = validate()
-        if val_loss < state["best"] - hp["min_delta"]:
-            state["best"], state["best_epoch"], state["bad"] = val_loss, epoch + 1, 0
-        else:
-            state["bad"] += 1
-        state["stopped"] = state["bad"] >= hp["patience"]
-        state["epoch"] = epoch + 1
-        rss = _allreduce([peak_rss_mb()], device, "max")[0]
-        metrics = dict(epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss,
-                       best_val_loss=state["best"], best_epoch=state["best_epoch"],
-                       val_loss_init=state["init"], early_stopped=state["stopped"],
-                       train_samples=int(count), seconds=t_train,
-                       val_seconds=time.perf_counter() - t0 - t_train,
-                       worker_peak_rss_mb=rss, lr=optimizer.param_groups[0]["lr"])
-        obj = _unwrap(objective)
-        metrics.update(registry.get(head).loss_metrics(obj.loss))
+        metrics = _end_epoch(state, hp, epoch, total / max(count, 1.0), validate(), int(count))
+        metrics.update(seconds=t_train, val_seconds=time.perf_counter() - t0 - t_train,
+                       worker_peak_rss_mb=_allreduce([peak_rss_mb()], device, "max")[0],
+                       lr=optimizer.param_groups[0]["lr"],
+                       **registry.get(head).loss_metrics(_unwrap(objective).loss))
         state["history"].append(metrics)
-        if rank == 0:
-            log.info(f"[{head}] epoch {epoch + 1}/{hp['max_epochs']} train {train_loss:.5f} "
-                     f"val {val_loss:.5f} (init {state['init']:.5f}, best {state['best']:.5f} "
-                     f"@{state['best_epoch']}) {t_train:.1f}s + val {metrics['val_seconds']:.1f}s, "
-                     f"peak RSS {rss:.0f} MiB")
-            if state["stopped"]:
-                log.info(f"[{head}] early stop: no improvement of {hp['min_delta']} for "
-                         f"{hp['patience']} epochs (best epoch {state['best_epoch']})")
-            with tempfile.TemporaryDirectory() as d:
-                save_state(d, obj, optimizer, state, hp)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        _report(rank, head, hp, state, metrics, _unwrap(objective), optimizer)
+
+
+def _restore(objective: Objective, optimizer, head: str, dim: int, rank: int) -> dict:
+    """The run's state: fresh, or (a resumed run, a restarted worker group) the last
+    checkpoint's, loaded into ``objective`` and ``optimizer``."""
+    import ray.train
+    state = dict(epoch=0, step=0, best=float("inf"), best_epoch=0, bad=0, stopped=False,
+                 history=[], init=None)
+    ckpt = ray.train.get_checkpoint()
+    if not ckpt:
+        return state
+    with ckpt.as_directory() as d:
+        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+    if saved["head"] != head or saved["in_dim"] != dim:
+        raise ValueError(f"checkpoint is {saved['head']}/D={saved['in_dim']}, "
+                         f"not {head}/D={dim}")
+    objective.load_state_dict(saved["objective"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if rank == 0:
+        log.info(f"[{head}] resumed from epoch {saved['state']['epoch']}")
+    return {"best_epoch": 0, **saved["state"]}
+
+
+def _end_epoch(state: dict, hp: dict, epoch: int, train_loss: float, val_loss: float,
+               samples: int) -> dict:
+    """Early-stopping bookkeeping after an epoch -> the epoch's metrics so far."""
+    if val_loss < state["best"] - hp["min_delta"]:
+        state["best"], state["best_epoch"], state["bad"] = val_loss, epoch + 1, 0
+    else:
+        state["bad"] += 1
+    state["stopped"] = state["bad"] >= hp["patience"]
+    state["epoch"] = epoch + 1
+    return dict(epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss,
+                best_val_loss=state["best"], best_epoch=state["best_epoch"],
+                val_loss_init=state["init"], early_stopped=state["stopped"],
+                train_samples=samples)
+
+
+def _report(rank: int, head: str, hp: dict, state: dict, metrics: dict, obj: Objective,
+            optimizer) -> None:
+    """Rank 0 logs the epoch's line and reports it with a checkpoint; the others report the
+    metrics alone (every rank must report)."""
+    import ray.train
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    log.info(f"[{head}] epoch {metrics['epoch']}/{hp['max_epochs']} train "
+             f"{metrics['train_loss']:.5f} val {metrics['val_loss']:.5f} (init {state['init']:.5f}, "
+             f"best {state['best']:.5f} @{state['best_epoch']}) {metrics['seconds']:.1f}s + val "
+             f"{metrics['val_seconds']:.1f}s, peak RSS {metrics['worker_peak_rss_mb']:.0f} MiB")
+    if state["stopped"]:
+        log.info(f"[{head}] early stop: no improvement of {hp['min_delta']} for "
+                 f"{hp['patience']} epochs (best epoch {state['best_epoch']})")
+    with tempfile.TemporaryDirectory() as d:
+        save_state(d, obj, optimizer, state, hp)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def save_state(directory: str, obj: Objective, optimizer, state: dict, hp: dict) -> None:
@@ -370,6 +389,25 @@ def _local_abs(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
+def _split(shards: str, val_titles, val_fraction: float) -> dict:
+    """The run's titles from the shards' footers: ``train`` and ``val`` (lists of
+    ``shard_info`` dicts, in shard order), ``val_names`` (as the split chose them) and their
+    embedding size ``dim``."""
+    infos = shard_info(shards)
+    dims = {i["dim"] for i in infos}
+    if len(dims) != 1:
+        raise ValueError(f"shards mix embedding sizes {sorted(dims)}")
+    if val_titles:          # title_ids or source file names
+        val_titles = [i["title_id"] for i in resolve_titles(infos, val_titles)]
+    train_titles, val = split_titles([i["title_id"] for i in infos], val_titles, val_fraction)
+    if not val or not train_titles:
+        raise ValueError(f"need at least one training and one validation title, "
+                         f"got {sorted(i['title_id'] for i in infos)}")
+    val_set = set(val)
+    return dict(dim=dims.pop(), train=[i for i in infos if i["title_id"] not in val_set],
+                val=[i for i in infos if i["title_id"] in val_set], val_names=val)
+
+
 def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False,
         val_titles=None, val_fraction: float = 0.2, name: str | None = None,
         identities: dict | None = None, max_failures: int = 0, fault: dict | None = None,
@@ -386,31 +424,18 @@ def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    spec = registry.get(head)
     overrides["max_epochs"] = overrides.pop("epochs", None)
-    hp = spec.hparams(**overrides)
-    infos = shard_info(shards)
-    dims = {i["dim"] for i in infos}
-    if len(dims) != 1:
-        raise ValueError(f"shards mix embedding sizes {sorted(dims)}")
-    if val_titles:          # title_ids or source file names
-        val_titles = [i["title_id"] for i in resolve_titles(infos, val_titles)]
-    train_titles, val = split_titles([i["title_id"] for i in infos], val_titles, val_fraction)
-    if not val or not train_titles:
-        raise ValueError(f"need at least one training and one validation title, "
-                         f"got {sorted(i['title_id'] for i in infos)}")
-    if len(train_titles) < workers:     # a worker streams whole titles: one at least each
-        print(f"[{head}] {len(train_titles)} training title(s): training on "
-              f"{len(train_titles)} worker(s) instead of {workers}", flush=True)
-        workers = len(train_titles)
-    val_set = set(val)
-    config = dict(head=head, hparams=hp, dim=dims.pop(),
-                  train=[i for i in infos if i["title_id"] not in val_set],
-                  val=[i for i in infos if i["title_id"] in val_set])
-    n_train = sum(i["tracks"] for i in config["train"])
-    print(f"[{head}] {len(train_titles)} training titles ({n_train} tracks), {len(val)} "
-          f"validation titles ({sum(i['tracks'] for i in config['val'])} tracks): "
-          f"{val[:10]}{' ...' if len(val) > 10 else ''}", flush=True)
+    hp = registry.get(head).hparams(**overrides)
+    config = dict(head=head, hparams=hp, **_split(shards, val_titles, val_fraction))
+    train, val = config["train"], config["val"]
+    if len(train) < workers:     # a worker streams whole titles: one at least each
+        print(f"[{head}] {len(train)} training title(s): training on {len(train)} worker(s) "
+              f"instead of {workers}", flush=True)
+        workers = len(train)
+    names = config.pop("val_names")
+    print(f"[{head}] {len(train)} training titles ({sum(i['tracks'] for i in train)} tracks), "
+          f"{len(val)} validation titles ({sum(i['tracks'] for i in val)} tracks): "
+          f"{names[:10]}{' ...' if len(names) > 10 else ''}", flush=True)
     if identities is not None:     # names -> ids shared by every title group
         ids = {n: j for j, n in enumerate(sorted(set(identities.values())))}
         config["identities"] = ray.put({k: ids[n] for k, n in identities.items()})
