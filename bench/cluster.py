@@ -61,7 +61,7 @@ QUADRATIC_BYTES = {"hac": 16, "hac+cl": 33, "ap": 40}
 def make_title(n: int, dim: int, faces=(5, 50), seed: int = 0, keep_faces: bool = True):
     """-> (TitleTracks of n tracks, (n,) identity of each track). Faces generated in chunks
     (memory: the means, plus the faces only when ``keep_faces``)."""
-    from training.clustering.methods import TitleTracks
+    from training.clustering.title_tracks import TitleTracks
     rng = np.random.default_rng(seed)
     n_id = max(n // 20, 2)
     centres = _unit(rng.standard_normal((n_id, dim)))

@@ -83,7 +83,7 @@ def _named(uri: str, titles) -> bool:
 @dataclass
 class Clip:
     name: str
-    tracks: object          # training.clustering.methods.TitleTracks: every valid track
+    tracks: object          # training.clustering.title_tracks.TitleTracks: every valid track
     identity: np.ndarray    # (T,) object: the labelled identity, None where unmatched
 
     @property
@@ -98,7 +98,7 @@ class Clip:
 def load_clips(paths: list[str], labels_url: str = os.path.join(REAL, "labels.csv")) -> list[Clip]:
     from training.columns import BOXES, FRAME_IDX
     from training.evaluation.labels import assign, read_labels
-    from training.clustering.methods import read_tracks
+    from training.clustering.title_tracks import read_tracks
     labels = read_labels(labels_url)
     clips = []
     for path in paths:

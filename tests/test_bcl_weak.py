@@ -13,7 +13,8 @@ from training.evaluation import metrics
 from training import registry
 from training.data import iter_titles, list_shards, stream_batches
 from training.losses import BallClusterLoss
-from training.clustering.methods import Job, get as get_method, read_tracks
+from training.clustering.methods import Job, get as get_method
+from training.clustering.title_tracks import read_tracks
 from training.train import Objective, make_optimizer, run_epoch
 
 

@@ -217,7 +217,8 @@ def test_c1c_min_cut_splits_a_first_neighbour_chain():
 def test_a_registered_neighbour_search_is_used_by_finch_and_c1c():
     """The neighbour-search seam (``training.clustering.finch.SEARCHES``): a search registered by name is
     the one FINCH and C1C call (``search`` parameter), and the exact search's results stay."""
-    from training.clustering.methods import Job, TitleTracks, get
+    from training.clustering.methods import Job, get
+    from training.clustering.title_tracks import TitleTracks
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 16))
     faces = np.repeat(centres, 12, axis=0) + 0.05 * rng.normal(size=(48, 16))

@@ -72,12 +72,12 @@ def test_evaluate_known_k_and_cannot_link(harvested, tmp_path):
 
 
 def test_cannot_linked_tracks_never_share_a_cluster(harvested):
-    from training.clustering import methods
+    from training.clustering import methods, title_tracks
     from training.data import list_shards
     root, _ = harvested
     n_pairs = 0
     for path in list_shards(str(root / "harvest" / "shards")):
-        tracks, _ = methods.read_tracks(path)
+        tracks, _ = title_tracks.read_tracks(path)
         pairs = tracks.cannot_link_pairs()
         n_pairs += len(pairs)
         emb = tracks.means.astype(np.float64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from training import data, registry
-from training.clustering import methods
+from training.clustering import methods, title_tracks
 from training.data import build_samples, iter_titles, list_shards, read_title, stream_batches
 from training.synthetic import SyntheticSpec, write_dataset
 
@@ -67,7 +67,7 @@ def test_frame_kinds_mine_pairs_of_one_title(dataset, head):
 
 
 def test_siamese_clustering_rule_uses_faces(dataset):
-    tracks, _ = methods.read_tracks(list_shards(dataset["shards"])[0])
+    tracks, _ = title_tracks.read_tracks(list_shards(dataset["shards"])[0])
     model = registry.get("ssiam").model(16)
     emb = registry.get("ssiam").embed_tracks(model, tracks)
     assert emb.shape == (tracks.n_tracks, 512)
@@ -87,7 +87,7 @@ def test_method_registry_flags_and_labels(dataset):
     assert methods.get("hac-threshold").threshold
     with pytest.raises(ValueError):
         methods.get("kmeans")
-    tracks, _ = methods.read_tracks(list_shards(dataset["shards"])[1])
+    tracks, _ = title_tracks.read_tracks(list_shards(dataset["shards"])[1])
     emb = tracks.means.astype(np.float64)
     pairs = tracks.cannot_link_pairs()
     assert len(pairs)
@@ -171,7 +171,7 @@ def test_cluster_title_with_a_head_that_has_its_own_cut(dataset, tmp_path):
     name, model, loss = load_head(cfg["head"])
     info = shard_info(dataset["shards"])[0]
     table, meta = label_title(info, {**cfg, "head_name": name}, model, loss)
-    tracks, _ = methods.read_tracks(info["path"])
+    tracks, _ = title_tracks.read_tracks(info["path"])
     emb = registry.embed_rows(model, tracks.means)
     want = hac.hac_threshold(emb, loss.hac_threshold(), "complete")
     got = table["cluster_id"].to_numpy()

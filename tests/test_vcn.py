@@ -125,10 +125,10 @@ def harvested(tmp_path_factory, ray_cluster):
 
 
 def test_vcn_refuses_a_shard_without_crops(harvested):
-    from training.clustering import methods
+    from training.clustering import methods, title_tracks
     from training.data import list_shards
     root, _ = harvested
-    tracks, _ = methods.read_tracks(list_shards(str(root / "harvest" / "shards"))[0])
+    tracks, _ = title_tracks.read_tracks(list_shards(str(root / "harvest" / "shards"))[0])
     assert sum(map(len, tracks.crops[0])) > 0
     bare = replace(tracks, load_crops=lambda: ([[]] * tracks.n_tracks,
                                                [np.zeros(0, np.int64)] * tracks.n_tracks),

@@ -1,7 +1,8 @@
 """Who is in a title: clustering a title's tracks, with or without a trained head.
 
     methods.py         the method registry (``Method``: one function + one ``register`` call)
-                       and ``TitleTracks``, the valid tracks of one shard as methods see them
+    title_tracks.py    ``TitleTracks``, the valid tracks of one shard as methods see them, and
+                       ``read_tracks``
     hac.py             agglomerative clustering (K, a height, cannot-links), affinity propagation
     finch.py           FINCH, and the first-neighbour search seam (``SEARCHES``)
     c1c.py             C1C: FINCH under must-links (a track's faces) and cannot-links

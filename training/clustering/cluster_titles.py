@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harvest.dataset.storage import open_fs, sha256_file, write_atomic
-from training.clustering import methods
+from training.clustering import methods, title_tracks
 from training import registry
 from training.data import resolve_titles, shard_info
 
@@ -93,7 +93,7 @@ def read_meta(path: str) -> dict | None:
 
 def label_title(info: dict, cfg: dict, model=None, loss=None) -> tuple[pa.Table, dict]:
     """-> (output table, metadata) of one title's valid tracks."""
-    tracks, _ = methods.read_tracks(info["path"])
+    tracks, _ = title_tracks.read_tracks(info["path"])
     method = methods.get(cfg["method"])
     cut = None
     if model is not None:

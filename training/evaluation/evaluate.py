@@ -15,7 +15,8 @@ import numpy as np
 from harvest.tables import text_table
 from training import registry
 from training.clustering import hac
-from training.clustering.methods import Job, read_tracks
+from training.clustering.methods import Job
+from training.clustering.title_tracks import read_tracks
 from training.clustering.methods import get as get_method
 from training.columns import BOXES, FRAME_IDX
 from training.data import resolve_titles, shard_info

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from harvest.dataset.storage import open_fs, sha256_file
-from training.clustering import methods
+from training.clustering import methods, title_tracks
 from training import registry
 from training.people.link import unit
 from training.people.store import Store, parquet_bytes, title_schema
@@ -53,7 +53,7 @@ def negatives(emb: np.ndarray, labels: np.ndarray, pairs: np.ndarray, n_units: i
 def cluster_title(path: str, cfg: dict, model=None, loss=None) -> tuple[pa.Table, dict]:
     """-> (the title's state table (store.title_schema), facts: title_id, units, negatives,
     pack)."""
-    tracks, table = methods.read_tracks(path, columns=EXTRA)
+    tracks, table = title_tracks.read_tracks(path, columns=EXTRA)
     method = methods.get(cfg["method"])
     cut = None
     if model is not None:
