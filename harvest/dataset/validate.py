@@ -71,24 +71,7 @@ def validate_output(url: str, min_track_frames: int | None = None) -> dict[str, 
     problems, warnings = report["manifest"], report["warnings"]
     if not fs.exists(root):
         problems.append(f"output root {url} does not exist")
-    records: dict[str, dict] = {}
-    for path in storage.list_files(fs, posixpath.join(root, storage.RECORDS_DIR),
-                                   storage.RECORD_SUFFIX):
-        name = posixpath.basename(path)[: -len(storage.RECORD_SUFFIX)]
-        try:
-            rec = json.loads(fs.cat_file(path))
-        except (ValueError, OSError) as e:
-            problems.append(f"record {name}: unreadable ({e})")
-            continue
-        lacks = [k for k in S.MANIFEST_FIELDS if k not in rec]
-        if lacks:
-            problems.append(f"record {name}: missing fields {lacks}")
-        if rec.get("title_id") != name:
-            problems.append(f"record {name}: title_id {rec.get('title_id')!r} != file name")
-        if rec.get("status") not in (S.STATUS_DONE, S.STATUS_FAILED):
-            problems.append(f"record {name}: status {rec.get('status')!r}")
-        records[name] = rec
-
+    records = _checked_records(fs, root, problems)
     shards = storage.list_shards(fs, root)
     checked: set[str] = set()
     for title_id, rec in sorted(records.items()):
@@ -123,6 +106,29 @@ def validate_output(url: str, min_track_frames: int | None = None) -> dict[str, 
     report["n_shards"], report["n_records"] = len(shards), len(records)
     report["ok"] = not problems and not any(report["shards"].values())
     return report
+
+
+def _checked_records(fs, root: str, problems: list) -> dict[str, dict]:
+    """The manifest's per-title records (title_id -> record), each checked: readable, every
+    field, named after its title, a known status."""
+    records: dict[str, dict] = {}
+    for path in storage.list_files(fs, posixpath.join(root, storage.RECORDS_DIR),
+                                   storage.RECORD_SUFFIX):
+        name = posixpath.basename(path)[: -len(storage.RECORD_SUFFIX)]
+        try:
+            rec = json.loads(fs.cat_file(path))
+        except (ValueError, OSError) as e:
+            problems.append(f"record {name}: unreadable ({e})")
+            continue
+        lacks = [k for k in S.MANIFEST_FIELDS if k not in rec]
+        if lacks:
+            problems.append(f"record {name}: missing fields {lacks}")
+        if rec.get("title_id") != name:
+            problems.append(f"record {name}: title_id {rec.get('title_id')!r} != file name")
+        if rec.get("status") not in (S.STATUS_DONE, S.STATUS_FAILED):
+            problems.append(f"record {name}: status {rec.get('status')!r}")
+        records[name] = rec
+    return records
 
 
 def _validate_shard(data: bytes, title_id: str, rec: dict | None,
