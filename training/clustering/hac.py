@@ -68,8 +68,6 @@ def affinity_propagation(emb: np.ndarray, damping: float = 0.5, seed: int = 0) -
     return ap.fit_predict(x @ x.T)
 
 
-CONSTRAINED_LINKAGES = ("single", "complete", "average", "weighted")
-
 
 def cannot_link_pairs(track_ids, cannot_link) -> np.ndarray:
     """(P, 2) row-index pairs i < j from a shard's ``track_id`` and ``cannot_link`` (track ids
@@ -78,6 +76,33 @@ def cannot_link_pairs(track_ids, cannot_link) -> np.ndarray:
     pairs = {(min(i, row[int(o)]), max(i, row[int(o)])) for i, links in enumerate(cannot_link)
              for o in (links if links is not None else ()) if int(o) in row and row[int(o)] != i}
     return np.array(sorted(pairs), np.int64).reshape(-1, 2)
+
+
+#: the cluster distance of a merged pair (i, j) to every other cluster, from the two rows of
+#: distances and the two cluster sizes: the Lance-Williams update of each linkage
+LANCE_WILLIAMS = {
+    "single": lambda di, dj, si, sj: np.minimum(di, dj),
+    "complete": lambda di, dj, si, sj: np.maximum(di, dj),
+    "average": lambda di, dj, si, sj: (si * di + sj * dj) / (si + sj),
+    "weighted": lambda di, dj, si, sj: (di + dj) / 2,
+}
+CONSTRAINED_LINKAGES = tuple(LANCE_WILLIAMS)
+
+
+def _distances_and_constraints(emb: np.ndarray, cannot_link) -> tuple[np.ndarray, np.ndarray]:
+    """(N, N) squared Euclidean distances of the unit rows of ``emb``, and (N, N) bool: the
+    pairs that may never share a cluster (cannot-links, and each point with itself)."""
+    x = _unit(emb)
+    n = len(x)
+    pairs = np.asarray(cannot_link, np.int64).reshape(-1, 2)
+    if len(pairs) and (pairs.min() < 0 or pairs.max() >= n):
+        raise ValueError("cannot_link index out of range")
+    sq = (x * x).sum(1)
+    d = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
+    forbid = np.zeros((n, n), bool)
+    forbid[pairs[:, 0], pairs[:, 1]] = forbid[pairs[:, 1], pairs[:, 0]] = True
+    np.fill_diagonal(forbid, True)
+    return d, forbid
 
 
 def hac_constrained(emb: np.ndarray, cannot_link, k: int | None = None,
@@ -97,16 +122,8 @@ def hac_constrained(emb: np.ndarray, cannot_link, k: int | None = None,
         raise ValueError(f"cannot-link HAC supports {CONSTRAINED_LINKAGES}, not {method!r}")
     if (k is None) == (threshold is None):
         raise ValueError("give exactly one of k and threshold")
-    x = _unit(emb)
-    n = len(x)
-    pairs = np.asarray(cannot_link, np.int64).reshape(-1, 2)
-    if len(pairs) and (pairs.min() < 0 or pairs.max() >= n):
-        raise ValueError("cannot_link index out of range")
-    sq = (x * x).sum(1)
-    d = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
-    forbid = np.zeros((n, n), bool)
-    forbid[pairs[:, 0], pairs[:, 1]] = forbid[pairs[:, 1], pairs[:, 0]] = True
-    np.fill_diagonal(forbid, True)
+    d, forbid = _distances_and_constraints(emb, cannot_link)
+    n = len(d)
     alive = np.ones(n, bool)
     size = np.ones(n)
     owner = np.arange(n)                       # cluster (surviving row) of each point
@@ -128,14 +145,7 @@ def hac_constrained(emb: np.ndarray, cannot_link, k: int | None = None,
             break
         j = int(nn[i])
         i, j = min(i, j), max(i, j)
-        if method == "single":
-            new = np.minimum(d[i], d[j])
-        elif method == "complete":
-            new = np.maximum(d[i], d[j])
-        elif method == "average":
-            new = (size[i] * d[i] + size[j] * d[j]) / (size[i] + size[j])
-        else:
-            new = (d[i] + d[j]) / 2
+        new = LANCE_WILLIAMS[method](d[i], d[j], size[i], size[j])
         d[i], d[:, i] = new, new
         forbid[i] |= forbid[j]
         forbid[:, i] = forbid[i]
