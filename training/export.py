@@ -310,6 +310,44 @@ def _adapted_name(rec_path: str, head: str) -> str:
     return f"{stem}+{head}.onnx"
 
 
+def _export_pack(fs, root: str, output: str, models: str, name: str, model, head_info: dict,
+                 props: dict) -> dict:
+    """``output/pack/``: the pack's detector as it is and its recogniser with the head appended
+    (checked against the two run one after the other), with its own ``export.json``; -> the
+    pack's record. Refuses a pack directory that holds another export's recogniser."""
+    import onnx
+
+    from harvest.faces.base import file_sha256
+    from harvest.faces.insightface_backend import find_model_pack
+    from harvest.faces.registry import stage_models
+    det_path, rec_path = find_model_pack(stage_models(models))
+    recogniser = onnx.load(rec_path)
+    adapted_file = _adapted_name(rec_path, name)
+    composed = append_head(recogniser, model, metadata={
+        **props, "movieface_recogniser": os.path.basename(rec_path),
+        "movieface_recogniser_sha256": file_sha256(rec_path)})
+    pack_diff = check_appended(composed, recogniser, model)
+    pack_dir = posixpath.join(root, PACK_DIR)
+    ours = {os.path.basename(det_path), adapted_file}
+    others = sorted(n for n in (posixpath.basename(f) for f in fs.glob(pack_dir + "/*.onnx"))
+                    if n not in ours)
+    if others:      # the harvest would pick one recogniser of several: refuse, delete nothing
+        raise ExportError(f"{output}/{PACK_DIR} already holds {', '.join(others)} of another "
+                          "export: give another --output or remove that directory")
+    det_sha = _write(fs, posixpath.join(pack_dir, os.path.basename(det_path)),
+                     open(det_path, "rb").read())
+    rec_sha = _write(fs, posixpath.join(pack_dir, adapted_file), composed.SerializeToString())
+    pack_record = dict(
+        source=_absolute(models), directory=PACK_DIR, embedding_dim=head_info["out_dim"],
+        detector=dict(file=os.path.basename(det_path), sha256=det_sha),
+        recogniser=dict(file=adapted_file, sha256=rec_sha, max_abs_diff=pack_diff,
+                        from_file=os.path.basename(rec_path), from_sha256=file_sha256(rec_path)),
+        note="harvest run --models <this directory>: embeddings are the head's, L2-normalised")
+    _write(fs, posixpath.join(pack_dir, EXPORT_JSON),
+           (json.dumps(dict(head=head_info, pack=pack_record), indent=2) + "\n").encode())
+    return pack_record
+
+
 def export(head_path: str, output: str, models: str | None = None) -> dict:
     """Write ``output/head.onnx`` and, with a pack (``models``: an SCRFD + ArcFace-format ONNX
     directory or URL), ``output/pack/`` (detector as is, recogniser + head, ``export.json``);
@@ -318,9 +356,6 @@ def export(head_path: str, output: str, models: str | None = None) -> dict:
     import onnx
     import onnxruntime
 
-    from harvest.faces.base import file_sha256
-    from harvest.faces.insightface_backend import find_model_pack
-    from harvest.faces.registry import stage_models
     from training.train import load_head
 
     ckpt = _absolute(checkpoint_file(head_path))
@@ -347,34 +382,7 @@ def export(head_path: str, output: str, models: str | None = None) -> dict:
                   versions=dict(torch=torch.__version__, onnx=onnx.__version__,
                                 onnxruntime=onnxruntime.__version__))
     if models:
-        local = stage_models(models)
-        det_path, rec_path = find_model_pack(local)
-        recogniser = onnx.load(rec_path)
-        adapted_file = _adapted_name(rec_path, name)
-        composed = append_head(recogniser, model, metadata={
-            **props, "movieface_recogniser": os.path.basename(rec_path),
-            "movieface_recogniser_sha256": file_sha256(rec_path)})
-        pack_diff = check_appended(composed, recogniser, model)
-        pack_dir = posixpath.join(root, PACK_DIR)
-        ours = {os.path.basename(det_path), adapted_file}
-        others = sorted(n for n in (posixpath.basename(f) for f in fs.glob(pack_dir + "/*.onnx"))
-                        if n not in ours)
-        if others:      # the harvest would pick one recogniser of several: refuse, delete nothing
-            raise ExportError(f"{output}/{PACK_DIR} already holds {', '.join(others)} of another "
-                              "export: give another --output or remove that directory")
-        det_sha = _write(fs, posixpath.join(pack_dir, os.path.basename(det_path)),
-                         open(det_path, "rb").read())
-        rec_sha = _write(fs, posixpath.join(pack_dir, adapted_file), composed.SerializeToString())
-        pack_record = dict(
-            source=_absolute(models), directory=PACK_DIR, embedding_dim=e,
-            detector=dict(file=os.path.basename(det_path), sha256=det_sha),
-            recogniser=dict(file=adapted_file, sha256=rec_sha, max_abs_diff=pack_diff,
-                            from_file=os.path.basename(rec_path),
-                            from_sha256=file_sha256(rec_path)),
-            note="harvest run --models <this directory>: embeddings are the head's, L2-normalised")
-        record["pack"] = pack_record
-        _write(fs, posixpath.join(pack_dir, EXPORT_JSON),
-               (json.dumps(dict(head=head_info, pack=pack_record), indent=2) + "\n").encode())
+        record["pack"] = _export_pack(fs, root, output, models, name, model, head_info, props)
     record["head_onnx"]["sha256"] = _write(fs, posixpath.join(root, HEAD_ONNX),
                                            proto.SerializeToString())
     _write(fs, posixpath.join(root, EXPORT_JSON), (json.dumps(record, indent=2) + "\n").encode())
