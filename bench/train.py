@@ -28,8 +28,9 @@ workers' (max over ranks) from the run's metrics. Each measured run ends with on
 (a before/after comparison on the same machine and shard sets).
 
 ``mining``: SSiam/TSiam pair mining of the same draws two ways in one process, the dense B x B
-reference and the blockwise miner (with its per-title distance cache, whose cost is spread over
-the title's ceil(F / 128) batches), and the ratio. ``raydata``: Ray Data (``read_parquet`` +
+reference and the blockwise miner (with what the frame kinds prepare per title: neighbour lists,
+or in an older checkout its distance matrix; that cost is spread over the title's
+ceil(F / 128) batches), and the ratio. ``raydata``: Ray Data (``read_parquet`` +
 ``iter_torch_batches``; ``groupby(title_id).map_groups`` for the per-title samples BCL needs)
 against the own reader on the same shards, in one process.
 
@@ -225,14 +226,18 @@ def bench(args) -> None:
 
 # ------------------------------------------------------------------------------ mining
 def mining(args) -> None:
-    """Dense reference vs blockwise miner on the same draws, one process, one thread."""
+    """Dense reference vs blockwise miner on the same draws, one process, one thread (torch's
+    and numpy's BLAS: on a shared machine a second BLAS thread makes small products ~10x
+    slower, and a Ray worker with one CPU gets one)."""
     import numpy as np
     import torch
+    from threadpoolctl import threadpool_limits
 
     from training.losses.siamese_miners import (FaceDistances, ssiam_pairs, ssiam_pairs_dense,
                                                 tsiam_negative_tracks, tsiam_pairs,
                                                 tsiam_pairs_dense)
     torch.set_num_threads(1)
+    threadpool_limits(1)
     print(f"B={args.draw} draw, D={args.dim}, 128 pairs, best of {args.batches} draws per title "
           f"size, 1 thread, load average {os.getloadavg()[0]:.1f}", flush=True)
     print("| faces per title | miner | dense ms/batch | blockwise ms/batch | speed-up "
@@ -253,7 +258,8 @@ def mining(args) -> None:
         for name in ("ssiam", "tsiam"):
             dense_s, fast_s, same = [], [], 0
             t0 = time.perf_counter()
-            dist = FaceDistances(faces)
+            dist = _title_distances(FaceDistances, faces, args.draw,
+                                    *((track_of, rel) if name == "tsiam" else ()))
             prep = time.perf_counter() - t0
             for idx in draws:
                 x, tr, fr = faces[idx], torch.from_numpy(track_of[idx]), torch.from_numpy(idx)
@@ -270,9 +276,23 @@ def mining(args) -> None:
             dense = min(dense_s)             # the best of the draws: the machine is shared
             fast = min(fast_s) + prep / per_title
             print(f"| {n_faces:,} | {name} | {dense * 1e3:.0f} | {fast * 1e3:.0f} "
-                  f"(cache {'yes' if dist.full is not None else 'no'}, prepare "
-                  f"{prep * 1e3:.0f} ms / {per_title} batches) | {dense / fast:.1f}x | "
-                  f"{same}/{len(draws)} |", flush=True)
+                  f"({_prepared(dist)}; prepare {prep * 1e3:.0f} ms / {per_title} batches) | "
+                  f"{dense / fast:.1f}x | {same}/{len(draws)} |", flush=True)
+
+
+def _title_distances(FaceDistances, faces, draw: int, track=None, negatives=None):
+    """A title's distances as the frame kinds prepare them (an older checkout, ``--root``,
+    without neighbour lists: its title matrix or per-draw blocks)."""
+    try:
+        return FaceDistances(faces, draw=draw, track=track, negatives=negatives)
+    except TypeError:
+        return FaceDistances(faces)
+
+
+def _prepared(dist) -> str:
+    if getattr(dist, "near", None) is not None or getattr(dist, "related", None) is not None:
+        return "lists"
+    return "matrix cached" if dist.full is not None else "not cached"
 
 
 # ------------------------------------------------------------------------------ Ray Data

@@ -1,5 +1,7 @@
 """The vectorised data path against a per-track Python reference (the former implementation's
-logic), Arrow decoding edge cases, the prefetch thread and the worker's collated batches."""
+logic), Arrow decoding edge cases, ImpTriplet's lazy ``mean_embedding``, the prefetch thread, the
+worker's collated batches, and the frame kinds' miners on neighbour lists against brute force."""
+import pickle
 import threading
 import time
 
@@ -9,9 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import training.losses.siamese_miners as sm
+from test_siamese import brute_ssiam, brute_tsiam, pairs_list
 from training import registry
-from training.data import (Collated, _vectors, build_samples, collate, iter_titles, list_shards,
-                           prefetched, read_title, stream_batches)
+from training.columns import HARD_NEGATIVE, MEAN_EMBEDDING
+from training.data import (TRIPLETS, VIEW_COLUMNS, Collated, Samples, _vectors, build_samples,
+                           collate, iter_titles, list_shards, means_needed, prefetched,
+                           read_title, stream_batches)
+from training.losses import tsiam_negative_tracks
 from training.synthetic import SyntheticSpec, write_dataset
 from training.train import worker_batches
 
@@ -100,6 +107,26 @@ def test_vectors_decodes_sliced_chunked_and_null_columns():
     assert np.shares_memory(_vectors(outer, 4), np.asarray(outer.values.values))   # zero copy
 
 
+def test_triplets_read_mean_embedding_only_where_a_hard_negative_needs_it(dataset, tmp_path):
+    """Without short hard negatives a shard is read without ``mean_embedding`` (a third of its
+    bytes); with them it is read (a second read of the file). Samples equal a full read's."""
+    short = list_shards(dataset["shards"])               # tracks of 2 faces: no tracklets
+    full_length = write_dataset(str(tmp_path), 1, SyntheticSpec(dim=8, tracks_per_title=40,
+                                                                faces_per_track=(3, 3)), seed=2)
+    read = {p: read_title(p, TRIPLETS.columns) for p in short + list_shards(full_length["shards"])}
+    assert [MEAN_EMBEDDING in t.column_names for t in read.values()] == [True] * 3 + [False]
+    for path, lazy in read.items():
+        whole = read_title(path)
+        assert means_needed(whole) == (MEAN_EMBEDDING in lazy.column_names)
+        got, want = build_samples(lazy, "triplets").arrays, build_samples(whole, "triplets").arrays
+        for k in want:
+            np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+    with pytest.raises(ValueError, match="mean_embedding"):          # needed, not read
+        build_samples(read_title(short[0], VIEW_COLUMNS + (HARD_NEGATIVE,)), "triplets")
+    again = pickle.loads(pickle.dumps(TRIPLETS.columns))             # Ray ships the kind
+    assert again == TRIPLETS.columns and again.lazy == TRIPLETS.columns.lazy
+
+
 def test_read_title_sorts_only_unsorted_shards(dataset, tmp_path):
     path = list_shards(dataset["shards"])[0]
     t = pq.read_table(path)
@@ -173,3 +200,68 @@ def test_rows_index_like_the_concatenated_array():
     sub = rows.subset(np.array([6, 5]))                 # only b's rows: a is let go
     assert len(sub.bases) == 1 and sub.bases[0] is b
     np.testing.assert_array_equal(np.asarray(sub), whole[[6, 5]])
+
+
+# ---------------------------------------------------------------- frame kinds: neighbour lists
+def _title(rng, n_frames: int, dim: int, grid: bool) -> dict:
+    """One title's faces ``x`` (an integer grid: ties everywhere), ``track`` of each face, track
+    ``means`` and ``cannot_link``, and TSiam's relation ``rel`` (n_far 3)."""
+    n_tracks = n_frames // 15
+    track = np.sort(rng.integers(0, n_tracks, n_frames))
+    x = (rng.integers(-2, 3, size=(n_frames, dim)) + track[:, None] * 0.5 if grid
+         else rng.normal(size=(n_frames, dim))).astype(np.float64)
+    links = [[] for _ in range(n_tracks)]
+    for a in range(0, n_tracks - 1, 3):
+        links[a].append(a + 1)
+        links[a + 1].append(a)
+    means = np.stack([x[track == t].mean(0) if (track == t).any() else np.zeros(dim)
+                      for t in range(n_tracks)])
+    return dict(x=x, track=track, means=means, cannot_link=links,
+                rel=tsiam_negative_tracks(means, links, n_far=3))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_miners_on_short_neighbour_lists_match_brute_force(seed, monkeypatch):
+    """Lists of 4 faces: some frames are answered from them, the others (an answer that may lie
+    outside a list) blockwise; pairs are the brute force's, duplicates and ties included."""
+    monkeypatch.setattr(sm, "LIST_MIN", 4)
+    monkeypatch.setattr(sm, "LIST_DRAWS", 1)
+    rng = np.random.default_rng(seed)
+    t = _title(rng, 300, 3, grid=True)
+    x, track, rel = t["x"], t["track"], t["rel"]
+    idx = rng.integers(0, len(x), 150)
+    ssiam = sm.FaceDistances(x, draw=150)
+    tsiam = sm.FaceDistances(x, draw=150, track=track, negatives=rel)
+    assert ssiam.near.face.shape == (300, 4) and ssiam.full is None
+    _, sure = sm._ssiam_lists(ssiam, sm._distinct(idx))
+    assert sure.any() and not sure.all()                     # both ways were taken
+    xs, fr = torch.from_numpy(x[idx]), torch.from_numpy(idx)
+    assert pairs_list(sm.ssiam_pairs(xs, 23, fr, ssiam)) == brute_ssiam(x[idx], 23)
+    got = sm.tsiam_pairs(xs, torch.from_numpy(track[idx]), rel, fr, 23, tsiam)
+    assert pairs_list(got) == brute_tsiam(x[idx], track[idx], rel.toarray(), idx, 23)
+
+
+@pytest.mark.parametrize("head", ["ssiam", "tsiam"])
+def test_frame_kinds_mine_from_lists_as_from_the_title_matrix(head):
+    """The frame kinds' prepared lists (float32 screening, exact float64 distances) give the
+    pairs of the title's whole float64 matrix on real-valued faces, every batch."""
+    rng = np.random.default_rng(7)
+    t = _title(rng, 900, 16, grid=False)
+    x = t["x"].astype(np.float32)
+    spec = registry.get(head)
+    samples = Samples(spec.samples, dict(x=x, track=t["track"]),
+                      dict(means=t["means"], cannot_link=t["cannot_link"], n_pairs=32))
+    spec.samples.prepare(samples, dict(draw=300, n_far=3))
+    prepared = samples.meta["distances"]
+    lists = prepared.near if head == "ssiam" else prepared.related
+    assert prepared.full is None and lists is not None
+    matrix = sm.FaceDistances(x)
+    for _ in range(4):
+        idx = rng.integers(0, len(x), 300)
+        got = collate(samples, idx)
+        lists, samples.meta["distances"] = samples.meta["distances"], matrix
+        want = collate(samples, idx)
+        samples.meta["distances"] = lists
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+

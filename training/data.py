@@ -19,13 +19,15 @@ sample builder, its batcher and its collate function. Arrays of the track kinds:
 The frame kinds (SSiam/TSiam, :func:`frames_kind`) read the per-face ``embeddings`` of one
 title's valid tracks: ``x`` (F, D) faces, ``track`` (F,) track row of each face, ``means``
 (T, D); each batch draws ``draw`` faces of the title and its collate mines the pairs (from the
-title's :class:`~training.losses.siamese_miners.FaceDistances`, made once per title).
+title's :class:`~training.losses.siamese_miners.FaceDistances` and neighbour lists, made once
+per title).
 
 Speed (docs/benchmarks.md, "Training data path"): no per-track Python. Columns are decoded
 from the Arrow buffers by numpy (fixed-size lists as zero-copy (n, 3, D) views, list columns by
 their offsets), track keys are matched by sorting (:func:`_locate`), each kind reads only its
-columns, a pool merges title groups by index (:class:`_Rows`, no copy) and a batch's rows are
-copied once, by its collate. ``training.train.worker_batches`` runs all of it in a prefetch
+columns (ImpTriplet's ``mean_embedding`` only for titles whose hard negatives need it), a pool
+merges title groups by index (:class:`_Rows`, no copy: ImpTriplet's negatives too) and a
+batch's rows are copied once, by its collate. ``training.train.worker_batches`` runs all of it in a prefetch
 thread (:func:`prefetched`) ahead of the training step.
 """
 from __future__ import annotations
@@ -90,17 +92,39 @@ def read_title(path: str, columns=TRAIN_COLUMNS) -> pa.Table:
 
     ``ParquetFile.read`` on one thread (the dataset layer of ``pq.read_table`` costs about as
     much again on a 1,400-track shard, and a worker's cores belong to its model); a local path
-    is memory-mapped. Shards the harvest wrote are already in track order: no sort then."""
+    is memory-mapped. Shards the harvest wrote are already in track order: no sort then.
+    ``columns`` may be :class:`Columns`: their lazy columns are read only where needed."""
     fs, p = _fs(path)
     if is_local(fs):
-        table = pq.ParquetFile(p, memory_map=True).read(columns=list(columns), use_threads=False)
+        table = _read_columns(pq.ParquetFile(p, memory_map=True), columns)
     else:
         with fs.open(p, "rb") as f:
-            table = pq.ParquetFile(f).read(columns=list(columns), use_threads=False)
+            table = _read_columns(pq.ParquetFile(f), columns)
     if TRACK_ID in table.column_names:
         ids = table[TRACK_ID].to_numpy()
         if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():
             table = table.sort_by([(TRACK_ID, "ascending")])
+    return table
+
+
+class Columns(tuple):
+    """The shard columns a kind reads, plus ``lazy``: (column, needed(table) -> bool) pairs;
+    :func:`read_title` reads a lazy column (from the same open file, a second read) only when
+    ``needed`` says the rows of the first read use it."""
+
+    def __new__(cls, columns, lazy=()):
+        self = super().__new__(cls, columns)
+        self.lazy = tuple(lazy)
+        return self
+
+
+def _read_columns(pf: pq.ParquetFile, columns) -> pa.Table:
+    """``columns`` of one Parquet file on one thread, then the lazy ones needed
+    (:class:`Columns`)."""
+    table = pf.read(columns=list(columns), use_threads=False)
+    for name, needed in getattr(columns, "lazy", ()):
+        if name not in table.column_names and needed(table):
+            table = table.append_column(name, pf.read(columns=[name], use_threads=False)[name])
     return table
 
 
@@ -264,7 +288,8 @@ def _vectors(arr, dim: int) -> np.ndarray:
     """Fixed-size-list (of fixed-size lists) float column -> float32 array (n, ..., dim), a
     zero-copy view of the Arrow buffer where the values are float32 already. Null slots come
     back as whatever their child slots hold (a fixed-size list keeps them): select rows first."""
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if isinstance(arr, pa.ChunkedArray):        # combine_chunks copies even a single chunk
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
     n, flat, start, width = len(arr), arr, 0, 1     # start: logical index into ``flat``
     while pa.types.is_fixed_size_list(flat.type):
         size = flat.type.list_size
@@ -397,8 +422,7 @@ def _track_samples(table: pa.Table) -> dict | None:
     """Arrays shared by the track kinds: valid tracks with tracklets (+ row bookkeeping), decoded
     from the Arrow buffers by numpy (no per-track Python objects)."""
     dim = table.schema.field(TRACKLETS).type.value_type.list_size
-    keep = pc.and_(table[IS_VALID], pc.is_valid(table[TRACKLETS]))
-    rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    rows = np.flatnonzero(_is_sample(table))
     if not len(rows):
         return None
     all_titles = _title_codes(table[TITLE_ID])
@@ -415,6 +439,12 @@ def _track_samples(table: pa.Table) -> dict | None:
     return arrays, ctx
 
 
+def _is_sample(table: pa.Table) -> np.ndarray:
+    """(n,) bool: the track is a sample of the track kinds (valid, with tracklets)."""
+    keep = pc.and_(table[IS_VALID], pc.is_valid(table[TRACKLETS]))
+    return keep.to_numpy(zero_copy_only=False)
+
+
 def _subset(arrays: dict, ok: np.ndarray) -> dict:
     keep = np.flatnonzero(ok)
     return {k: v.subset(keep) if isinstance(v, _Rows) else v[keep] for k, v in arrays.items()}
@@ -427,25 +457,42 @@ def build_views(table: pa.Table, identities=None) -> dict | None:
 
 
 def build_triplets(table: pa.Table, identities=None) -> dict | None:
-    """ImpTriplet: views + the hard negative's anchor tracklet (its mean without tracklets)."""
+    """ImpTriplet: views + the hard negative's anchor tracklet (its mean without tracklets).
+
+    The negatives are rows of the views' anchor tracklets and of ``mean_embedding``
+    (:class:`_Rows`, no copy: the batch's collate gathers them). ``mean_embedding`` is read
+    only for titles that need it (:func:`means_needed`)."""
     got = _track_samples(table)
     if got is None:
         return None
     arrays, c = got
-    tracklets, titles, rows = arrays["views"], c["titles"], c["rows"]
+    titles, rows = c["titles"], c["rows"]
     hard_col = table[HARD_NEGATIVE].take(pa.array(rows))
     has = pc.is_valid(hard_col).to_numpy(zero_copy_only=False)
     hard = hard_col.fill_null(0).to_numpy().astype(np.int64)
     other = np.where(has, _locate(titles, c["ids"], titles, hard), -1)
     row = np.where(has & (other < 0), _locate(c["all_titles"], c["all_ids"], titles, hard), -1)
-    neg = np.zeros((len(rows), c["dim"]), np.float32)
-    neg[other >= 0] = tracklets[other[other >= 0], 0]       # the negative's anchor tracklet
+    bases = [arrays["views"].bases[0][:, 0]]                 # the negative's anchor tracklet
     if (row >= 0).any():                                     # without tracklets: its mean
-        neg[row >= 0] = _vectors(table[MEAN_EMBEDDING], c["dim"])[row[row >= 0], 0]
-    ok = (other >= 0) | (row >= 0)
-    arrays = _subset(arrays, ok)
-    arrays["negative"] = neg[ok]
-    return arrays
+        if MEAN_EMBEDDING not in table.column_names:
+            raise ValueError(f"hard negatives without tracklets need {MEAN_EMBEDDING!r}: read "
+                             "the shard with TRIPLETS.columns (or all columns)")
+        bases.append(_vectors(table[MEAN_EMBEDDING], c["dim"])[:, 0])
+    mean = other < 0
+    local = np.where(mean, row, rows[np.maximum(other, 0)])
+    arrays["negative"] = _Rows(bases, mean.astype(np.int32) * (len(bases) - 1), local)
+    return _subset(arrays, (other >= 0) | (row >= 0))
+
+
+def means_needed(table: pa.Table) -> bool:
+    """Whether a track of ``table`` that is no sample (invalid or without tracklets) is some
+    track's hard negative, so a triplet takes its ``mean_embedding``. Track ids only (a table
+    of several titles may read the column for nothing)."""
+    sample = _is_sample(table)
+    if sample.all():
+        return False
+    hard = table[HARD_NEGATIVE].drop_null().to_numpy()
+    return bool(np.isin(table[TRACK_ID].to_numpy()[~sample], hard).any())
 
 
 def build_clusters(table: pa.Table, identities=None) -> dict | None:
@@ -669,11 +716,12 @@ def collate_clusters(samples: Samples, idx: np.ndarray) -> dict:
     return out
 
 
-# Each kind reads only its columns (BCL and MvCorr skip ``mean_embedding``: a third of a shard).
+# Each kind reads only its columns (``mean_embedding`` is a third of a shard: BCL and MvCorr skip
+# it, ImpTriplet reads it only for titles whose hard negatives need it).
 VIEW_COLUMNS = (TITLE_ID, TRACK_ID, FRAME_IDX, TRACKLETS, IS_VALID)
 VIEWS = register_kind(SampleKind("views", build_views, collate_views, columns=VIEW_COLUMNS))
-TRIPLETS = register_kind(SampleKind("triplets", build_triplets, collate_triplets,
-                                    columns=VIEW_COLUMNS + (MEAN_EMBEDDING, HARD_NEGATIVE)))
+TRIPLETS = register_kind(SampleKind("triplets", build_triplets, collate_triplets, columns=Columns(
+    VIEW_COLUMNS + (HARD_NEGATIVE,), lazy=[(MEAN_EMBEDDING, means_needed)])))
 CLUSTERS = register_kind(SampleKind("clusters", build_clusters, collate_clusters,
                                     columns=VIEW_COLUMNS + (CANNOT_LINK,)))
 
@@ -703,7 +751,7 @@ def frame_batches(kind: SampleKind, tables, batch_size: int, rng: np.random.Gene
     """Per title (titles in the given order), ceil(faces / ``batch_size``) batches; each batch
     is ``hp['draw']`` (default 3000) face indices drawn uniformly with replacement; the kind's
     collate mines ``batch_size`` pairs from them. Memory: one title's faces."""
-    draw = int((hp or {}).get("draw") or 3000)
+    draw = _draw_size(hp)
     for table in tables:
         for title in np.unique(table[TITLE_ID].to_numpy(zero_copy_only=False)):
             s = build_samples(table.filter(pc.equal(table[TITLE_ID], title)), kind,
@@ -715,6 +763,11 @@ def frame_batches(kind: SampleKind, tables, batch_size: int, rng: np.random.Gene
             s.meta["n_pairs"] = batch_size
             for _ in range(-(-len(s) // batch_size)):
                 yield s, rng.integers(0, len(s), draw)
+
+
+def _draw_size(hp) -> int:
+    """Faces drawn per frame batch: ``hp['draw']``, default 3000."""
+    return int((hp or {}).get("draw") or 3000)
 
 
 @dataclass(frozen=True)
@@ -737,11 +790,14 @@ def frames_kind(name: str, miner: Callable, prepare: Callable | None = None) -> 
                                    FRAME_COLUMNS, "x", miner=miner, prepare=prepare))
 
 
-def _distances(samples: Samples, hp: dict) -> None:
-    """Once per title: the exact distances among its faces (cached whole when they fit), which
-    every draw of the title mines from."""
+def _distances(samples: Samples, hp: dict, negatives=None) -> None:
+    """Once per title: its faces' distances and neighbour lists (SSiam's nearest and farthest
+    faces; with TSiam's ``negatives`` the nearest faces of related tracks), which every draw
+    of the title mines from."""
     from training.losses.siamese_miners import FaceDistances
-    samples.meta["distances"] = FaceDistances(samples.arrays["x"])
+    a = samples.arrays
+    samples.meta["distances"] = FaceDistances(a["x"], draw=_draw_size(hp), negatives=negatives,
+                                              track=None if negatives is None else a["track"])
 
 
 def _ssiam_miner(samples: Samples, idx: np.ndarray, x: torch.Tensor):
@@ -753,7 +809,7 @@ def _tsiam_prepare(samples: Samples, hp: dict) -> None:
     from training.losses.siamese_miners import tsiam_negative_tracks
     m = samples.meta
     m["negatives"] = tsiam_negative_tracks(m["means"], m["cannot_link"], int(hp.get("n_far") or 25))
-    _distances(samples, hp)
+    _distances(samples, hp, m["negatives"])
 
 
 def _tsiam_miner(samples: Samples, idx: np.ndarray, x: torch.Tensor):

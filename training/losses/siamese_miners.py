@@ -6,17 +6,22 @@ Both work on one draw of B candidate frames (``draw``: uniform with replacement)
 as in the reference). Distances are the raw input features' sqrt(|a|^2 + |b|^2 - 2 a.b) in
 float64; nothing here is differentiable.
 
-Mining is vectorised and blockwise, over the draw's *distinct* frames: a frame drawn k times
-gives k identical distance rows, so each distinct frame is mined once (with the draw positions
-of every column's first / second / last occurrence, which settle the reference's index-order
-ties) and the result is copied to its draw positions. Distances come from a
-:class:`FaceDistances` of the title: its whole face-by-face matrix, computed once per title,
-when that fits ``cache_mb`` (then a batch only gathers), else the distinct frames' Gram matrix
-per draw, block by block. The dense B x B versions (``*_dense``) are kept as the reference the benchmark
-(``bench/train.py mining``) compares against.
+Mining is vectorised, over the draw's *distinct* frames: a frame drawn k times gives k
+identical distance rows, so each distinct frame is mined once (with the draw positions of every
+column's first / second / last occurrence, which settle the reference's index-order ties) and
+the result is copied to its draw positions. The frame kinds prepare a :class:`FaceDistances` per
+title with neighbour lists (made once per title: float32 distances pick each face's nearest and
+farthest faces with a bound on their error, the picked ones get exact float64 distances): a
+frame whose answer is provably inside its lists is mined from them (O(L) per frame), the others
+from exact float64 distances to the draw's distinct frames, block by block (without lists, all
+of them; or from a title's whole matrix when it fits ``cache_mb``). TSiam's positives are always
+mined within blocks of whole tracks. Distances add the norms first, as the reference, so a
+symmetric block gives mutual pairs equal distances. The dense B x B versions (``*_dense``) are
+kept as the reference the benchmark (``bench/train.py mining``) compares against.
 """
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -161,46 +166,127 @@ def tsiam_pairs_dense(x: torch.Tensor, track: torch.Tensor, negatives: sp.spmatr
 # ------------------------------------------------------------------------------ blockwise
 BLOCK_ROWS = 256          # distinct frames mined per block: (BLOCK_ROWS, U) float64 at a time
 CACHE_MB = 256            # a title's whole float64 distance matrix is kept when it fits this
+LIST_MIN, LIST_DRAWS = 32, 8   # neighbour lists: max(LIST_MIN, LIST_DRAWS * F / draw) faces
+_U32 = 2.0 ** -24         # float32 unit roundoff
 
 
 def _sqdist(a: np.ndarray, sq_a: np.ndarray, b: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
     """(R, D), (U, D) float64 -> (R, U) sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)), as the reference."""
     g = a @ b.T if a is not b else a @ a.T          # a @ a.T: numpy's syrk, half the work
+    return _finish(g, sq_a[:, None], sq_b[None, :])
+
+
+def _finish(g: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
+    """Dot products ``g`` (float64, overwritten) -> sqrt(max((|a|^2 + |b|^2) - 2 a.b, 0)), the
+    norms added first (as the reference): symmetric in a and b where the dot products are."""
     g *= -2
-    g += sq_a[:, None]
-    g += sq_b[None, :]
+    g += sq_a + sq_b
     np.maximum(g, 0, out=g)
     return np.sqrt(g, out=g)
+
+
+class _Lists(NamedTuple):
+    """Per face of a title, the ``width`` faces nearest to it (or farthest from it) among its
+    candidates, with their exact float64 distances (``face`` -1 and distance +-inf past the
+    candidates), and ``bound``: every face outside a row's list is at >= ``bound`` (nearest
+    lists; +inf: the list holds every candidate) or <= ``bound`` (farthest lists; -inf: all)."""
+    face: np.ndarray     # (F, L) int64
+    dist: np.ndarray     # (F, L) float64
+    bound: np.ndarray    # (F,) float64
+
+
+def _list_rows(d2: np.ndarray, rows: np.ndarray, x: np.ndarray, sq: np.ndarray, width: int,
+               eps: np.ndarray, sign: int) -> tuple:
+    """One row block of a :class:`_Lists` from the float32 squared distances ``d2`` (R, F) of
+    faces ``rows`` (+inf: not a candidate): ``sign`` 1 the ``width`` nearest, -1 the farthest.
+    The picked faces get exact float64 distances; ``bound`` is the width-th float32 value less
+    (more) its float32 error ``eps`` (R,), so it holds for the exact distances."""
+    n = d2.shape[1]
+    if width < n:                      # torch's topk: ~6x numpy's argpartition here
+        top = torch.topk(torch.from_numpy(d2), width, dim=1, largest=sign < 0, sorted=False)
+        picked, idx = top.values.numpy(), top.indices.numpy()
+    else:
+        picked, idx = d2, np.broadcast_to(np.arange(n), d2.shape)
+    ok = np.isfinite(picked)
+    g = np.empty(idx.shape)
+    for s in range(0, len(rows), 64):                              # exact dot products,
+        r = slice(s, s + 64)                                       # (64, L, D) at a time
+        g[r] = np.matmul(x[idx[r]], x[rows[r]][:, :, None])[:, :, 0]
+    dist = np.where(ok, _finish(g, sq[rows][:, None], sq[idx]), sign * np.inf)
+    kth = (picked.max(1) if sign > 0 else picked.min(1)).astype(np.float64)   # width-th value
+    if sign > 0:
+        bound = np.sqrt(np.maximum(kth - eps, 0)) * (1 - 1e-9)
+        bound[(width >= n) | ~np.isfinite(kth)] = np.inf           # every candidate listed
+    else:
+        bound = np.sqrt(np.maximum(kth + eps, 0)) * (1 + 1e-9)
+        if width >= n:
+            bound[:] = -np.inf
+    return np.where(ok, idx, -1), dist, bound
 
 
 class FaceDistances:
     """Exact float64 Euclidean distances among the F faces ``x`` (F, D) of one title.
 
     ``block(rows, cols)`` -> (len(rows), len(cols)) distances between faces ``rows`` and
-    ``cols``. The whole (F, F) matrix is computed once (row blocks, O(F^2 D)) and kept when
-    F^2 * 8 bytes <= ``cache_mb`` MiB, so a draw only gathers; otherwise the miners compute a
-    draw's distinct frames block by block (O(U^2 D)). Memory: at most ``cache_mb`` plus the
-    faces in float64."""
+    ``cols``. With ``draw`` (faces per draw) the title's neighbour lists are made once
+    (:class:`_Lists`, O(F^2 D) in float32, then exact float64 for the listed faces): SSiam's
+    nearest and farthest faces (``near``, ``far``), or with ``track`` (F,) and TSiam's
+    ``negatives`` the nearest faces of related tracks (``related``); a miner then answers
+    most frames of a draw from the lists, O(U L), and mines only the rest from distances.
+    Without ``draw`` the whole (F, F) matrix is kept when F^2 * 8 bytes <= ``cache_mb`` MiB,
+    so a draw only gathers; otherwise the miners compute a draw's distinct frames block by
+    block (O(U^2 D)). Memory: the faces in float64 plus the lists (or the matrix)."""
 
-    def __init__(self, x, cache_mb: float = CACHE_MB):
+    def __init__(self, x, cache_mb: float = CACHE_MB, draw: int | None = None, track=None,
+                 negatives=None):
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
         self.x = np.ascontiguousarray(x, np.float64)
         self.sq = np.einsum("ij,ij->i", self.x, self.x)
         n = len(self.x)
-        self.full = None
-        if n * n * 8 <= cache_mb * 2 ** 20:
+        self.full = self.near = self.far = self.related = None
+        self.negatives = negatives
+        if draw and n:
+            width = min(n, max(LIST_MIN, -(-LIST_DRAWS * n // int(draw))))
+            if negatives is None:
+                self.near, self.far = self._lists(width, (1, -1))
+            else:
+                rel = np.asarray(negatives.toarray(), bool)
+                track = np.asarray(track, np.int64)
+                (self.related,) = self._lists(width, (1,), lambda rows: rel[track[rows]][:, track])
+        elif n * n * 8 <= cache_mb * 2 ** 20:
             self.full = _sqdist(self.x, self.sq, self.x, self.sq)
+
+    def _lists(self, width: int, signs: tuple, candidates=None) -> list:
+        """:class:`_Lists` per sign (1 nearest, -1 farthest) among ``candidates(rows)`` ->
+        (R, F) bool (None: every face), from float32 row blocks of the squared distances."""
+        x32, sq32 = self.x.astype(np.float32), self.sq.astype(np.float32)
+        norm = np.sqrt(self.sq)
+        eps = (2 * self.x.shape[1] + 32) * _U32 * (norm + norm.max()) ** 2   # float32 error
+        parts = [[] for _ in signs]
+        for s in range(0, len(self.x), BLOCK_ROWS):
+            rows = np.arange(s, min(s + BLOCK_ROWS, len(self.x)))
+            d2 = x32[rows] @ x32.T
+            d2 *= -2
+            d2 += sq32[rows, None]
+            d2 += sq32[None, :]
+            if candidates is not None:
+                d2[~candidates(rows)] = np.inf
+            for part, sign in zip(parts, signs):
+                part.append(_list_rows(d2, rows, self.x, self.sq, width, eps[rows], sign))
+        return [_Lists(*(np.concatenate(c) for c in zip(*part))) for part in parts]
 
     def __len__(self) -> int:
         return len(self.x)
 
     def block(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
-        """A fresh (len(rows), len(cols)) array (``cols`` None: every face, in order)."""
+        """A fresh (len(rows), len(cols)) array (``cols`` None: every face, in order; ``cols``
+        ``rows`` itself: exactly symmetric)."""
         if self.full is not None:      # whole rows first, then columns: ~3x np.ix_'s speed
             return self.full[rows] if cols is None else self.full[rows][:, cols]
         if cols is None:
             return _sqdist(self.x[rows], self.sq[rows], self.x, self.sq)
-        return _sqdist(self.x[rows], self.sq[rows], self.x[cols], self.sq[cols])
+        a = self.x[rows]                     # cols is rows: a symmetric block (syrk)
+        return _sqdist(a, self.sq[rows], a if cols is rows else self.x[cols], self.sq[cols])
 
 
 class _Draw(NamedTuple):
@@ -233,18 +319,99 @@ def _distinct(frame: np.ndarray) -> _Draw:
 
 def _as_dist(x: torch.Tensor, frame, dist):
     """-> (distances, the draw's distinct frames, their keys into the distances: None when they
-    are all of its faces, in order). Without a cached title matrix the distinct frames' rows are
-    computed block by block (O(U^2 D), O(BLOCK_ROWS U) memory)."""
+    are all of its faces, in order). Without a title matrix or lists the distinct frames' rows
+    are computed block by block (O(U^2 D), O(BLOCK_ROWS U) memory)."""
     if frame is None:
         ids = np.arange(x.shape[0])
     else:
         ids = np.asarray(frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor)
                          else frame, np.int64)
     d = _distinct(ids)
-    if dist is not None and dist.full is not None:
+    if dist is not None and (dist.full is not None or dist.near is not None
+                             or dist.related is not None):
         return dist, d, d.faces
     feats = dist.x[d.faces] if dist is not None else x[torch.as_tensor(d.first)]
     return FaceDistances(feats, cache_mb=0), d, None
+
+
+def _rows(dist: FaceDistances, keys, rows: np.ndarray, cols=None) -> np.ndarray:
+    """Distances between the distinct frames ``rows`` and ``cols`` (None: all of them)."""
+    if keys is None:
+        return dist.block(rows, cols)
+    k = keys[rows]
+    return dist.block(k, keys if cols is None else k if cols is rows else keys[cols])
+
+
+def _lookup(lists: _Lists, d: _Draw, pos: np.ndarray, fill: float):
+    """The lists of the draw's distinct frames restricted to drawn faces -> (faces (U, L),
+    distances (``fill`` where not drawn), draw positions ``pos`` of each face (-1: none))."""
+    faces = lists.face[d.faces]
+    p = np.where(faces >= 0, pos[faces], -1)
+    return faces, np.where(p >= 0, lists.dist[d.faces], fill), p
+
+
+def _lexmin(v: np.ndarray, p: np.ndarray):
+    """Per row, the smallest value and, among its ties, the earliest position ``p`` (>= 0) ->
+    (column, value, position)."""
+    m = v.min(1)
+    cand = np.where((v == m[:, None]) & (p >= 0), p, np.iinfo(np.int64).max)
+    k = cand.argmin(1)
+    return k, m, cand[np.arange(len(v)), k]
+
+
+def _positions(d: _Draw, n: int) -> np.ndarray:
+    """(3, n) first, second and last draw position of each of the title's n faces (-1: none)."""
+    pos = np.full((3, n), -1, np.int64)
+    pos[:, d.faces] = d.first, d.second, d.last
+    return pos
+
+
+def _ssiam_lists(dist: FaceDistances, d: _Draw) -> tuple[np.ndarray, np.ndarray]:
+    """(4, U) nn position, r, fn position, f of the distinct frames from the title's lists (as
+    :func:`_ssiam_block`), and (U,) ``sure``: False where the answer may lie outside a list."""
+    rr, pos = np.arange(len(d.faces)), _positions(d, len(dist))
+    faces, v, p = _lookup(dist.near, d, pos[0], np.inf)
+    k0, m1, _ = _lexmin(v, p)                                    # column 0
+    v[rr, k0] = np.inf
+    _, m2, p2 = _lexmin(v, p)                                    # the first other minimum
+    s0 = pos[1][faces[rr, k0]]                                   # column 0's second draw
+    dup = (s0 >= 0) & (m2 >= m1)
+    nn = np.where(dup, np.where(m2 == m1, np.minimum(s0, p2), s0), p2)
+    bound = dist.near.bound[d.faces]
+    sure = (m1 < bound) & ((m2 < bound) | (s0 >= 0))
+    _, w, last = _lookup(dist.far, d, pos[2], -np.inf)
+    big = w.max(1)
+    fn = np.where(w == big[:, None], last, -1).max(1)            # the last of the farthest
+    sure &= big > dist.far.bound[d.faces]
+    return np.stack([np.where(sure, nn, 0), np.where(dup, m1, m2), fn, big]), sure
+
+
+def _ssiam_block(v: np.ndarray, rows: np.ndarray, d: _Draw) -> np.ndarray:
+    """(4, R) nn position, r, fn position, f of the distinct frames ``rows`` from their
+    distances ``v`` (R, U) to every distinct frame (first-position order; overwritten)."""
+    cnt2, r_ = d.second >= 0, np.arange(len(rows))
+    c0 = v.argmin(1)                                           # first minimum
+    m1 = v[r_, c0]
+    v[r_, c0] = np.inf
+    c1 = v.argmin(1)                                           # first minimum elsewhere
+    m2 = v[r_, c1]
+    v[r_, c0] = m1
+    # column 1 = the earliest other position holding the smallest remaining value: the
+    # second draw of c0's frame (value m1) competes with c1's first position
+    dup = cnt2[c0] & (m2 >= m1)
+    nn_pos = np.where(dup, np.where(m2 == m1, np.minimum(d.second[c0], d.first[c1]),
+                                    d.second[c0]), d.first[c1])
+    r = np.where(dup, m1, m2)
+    cf = v.argmax(1)                                           # last maximum: the first
+    big = v[r_, cf]                                            # one, unless another
+    v[r_, cf] = -np.inf                                        # column ties with it
+    tied = np.flatnonzero(v[r_, v.argmax(1)] == big)
+    v[r_, cf] = big
+    fn_pos = d.last[cf]
+    if len(tied):
+        vt = v[tied]
+        fn_pos[tied] = np.where(vt == big[tied, None], d.last[None, :], -1).max(1)
+    return np.stack([nn_pos, r, fn_pos, big])
 
 
 def ssiam_neighbours(x: torch.Tensor, frame=None, dist: FaceDistances | None = None):
@@ -255,41 +422,19 @@ def ssiam_neighbours(x: torch.Tensor, frame=None, dist: FaceDistances | None = N
     for a frame drawn twice (4.3 step 3); kept for fidelity.
 
     ``frame`` (B,): ids of the drawn frames (equal id = same features; rows of a frame drawn
-    twice are mined once); ``dist``: the title's :class:`FaceDistances` those ids index.
-    Blockwise over the distinct frames: O(U^2) time beyond the distances, O(BLOCK_ROWS U)
-    memory."""
+    twice are mined once); ``dist``: the title's :class:`FaceDistances` those ids index. With
+    its lists most distinct frames are answered from them (O(U L)); the others blockwise:
+    O(U^2) time beyond the distances, O(BLOCK_ROWS U) memory."""
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError("x must be (B, D) with B >= 2")
     dist, d, keys = _as_dist(x, frame, dist)
-    u = len(d.faces)
-    cnt2 = d.second >= 0
-    out = np.empty((4, u))
-    for s in range(0, u, BLOCK_ROWS):
-        rows = np.arange(s, min(s + BLOCK_ROWS, u))
-        v = dist.block(rows if keys is None else keys[rows], keys)  # (R, U), by first position
-        r_ = np.arange(len(rows))
-        c0 = v.argmin(1)                                           # first minimum
-        m1 = v[r_, c0]
-        v[r_, c0] = np.inf
-        c1 = v.argmin(1)                                           # first minimum elsewhere
-        m2 = v[r_, c1]
-        v[r_, c0] = m1
-        # column 1 = the earliest other position holding the smallest remaining value: the
-        # second draw of c0's frame (value m1) competes with c1's first position
-        dup = cnt2[c0] & (m2 >= m1)
-        nn_pos = np.where(dup, np.where(m2 == m1, np.minimum(d.second[c0], d.first[c1]),
-                                        d.second[c0]), d.first[c1])
-        r = np.where(dup, m1, m2)
-        cf = v.argmax(1)                                           # last maximum: the first
-        big = v[r_, cf]                                            # one, unless another
-        v[r_, cf] = -np.inf                                        # column ties with it
-        tied = np.flatnonzero(v[r_, v.argmax(1)] == big)
-        v[r_, cf] = big
-        fn_pos = d.last[cf]
-        if len(tied):
-            vt = v[tied]
-            fn_pos[tied] = np.where(vt == big[tied, None], d.last[None, :], -1).max(1)
-        out[:, rows] = nn_pos, r, fn_pos, big
+    out, rows = np.empty((4, len(d.faces))), np.arange(len(d.faces))
+    if dist.near is not None and keys is not None:
+        out, sure = _ssiam_lists(dist, d)
+        rows = np.flatnonzero(~sure)
+    for s in range(0, len(rows), BLOCK_ROWS):
+        block = rows[s:s + BLOCK_ROWS]
+        out[:, block] = _ssiam_block(_rows(dist, keys, block), block, d)
     inv = d.inv
     return (torch.from_numpy(out[0][inv].astype(np.int64)), torch.from_numpy(out[1][inv]),
             torch.from_numpy(out[2][inv].astype(np.int64)), torch.from_numpy(out[3][inv]))
@@ -308,6 +453,51 @@ def ssiam_pairs(x: torch.Tensor, n_pairs: int = 128, frame=None,
     return _pack(pos, nn[pos], neg, fn[neg])
 
 
+def _farthest_same_track(dist: FaceDistances, keys, d: _Draw, tr: np.ndarray):
+    """(U,) first draw position of each distinct frame's farthest other frame of its track
+    (the first of ties) and that distance (-inf: none). The frames sorted by track, in blocks
+    of whole tracks (about BLOCK_ROWS frames) against themselves: O(U (BLOCK_ROWS + track size)
+    D), not O(U^2 D); a block's distances are symmetric, so are the r of mutual pairs."""
+    u = len(tr)
+    order = np.argsort(tr, kind="stable")                 # by track, then first position
+    ts = tr[order]
+    starts = np.r_[np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]]), u]
+    cuts = np.union1d(starts[np.searchsorted(starts, np.arange(0, u, BLOCK_ROWS))], [0, u])
+    pj, r = np.empty(u, np.int64), np.empty(u)
+    for s, e in itertools.pairwise(cuts):
+        rows, r_ = order[s:e], np.arange(e - s)
+        same = ts[s:e, None] == ts[None, s:e]
+        same[r_, r_] = False                                      # never the frame itself
+        v = np.where(same, _rows(dist, keys, rows, rows), -np.inf)
+        j = v.argmax(1)                                           # first of the farthest
+        pj[rows], r[rows] = d.first[rows[j]], v[r_, j]
+    return pj, r
+
+
+def _nearest_related(dist: FaceDistances, keys, d: _Draw, tr: np.ndarray, negatives):
+    """(U,) first draw position of each distinct frame's nearest frame of a related track (the
+    first of ties) and that distance (inf: none): from the title's lists where they are sure
+    (made with the same ``negatives``), blockwise against every distinct frame otherwise."""
+    u = len(tr)
+    nj, f, rows = np.zeros(u, np.int64), np.empty(u), np.arange(u)
+    if dist.related is not None and keys is not None and dist.negatives is negatives:
+        _, v, p = _lookup(dist.related, d, _positions(d, len(dist))[0], np.inf)
+        _, f, nj = _lexmin(v, p)
+        bound = dist.related.bound[d.faces]
+        sure = (f < bound) | np.isinf(bound)
+        nj = np.where(np.isfinite(f), nj, 0)
+        rows = np.flatnonzero(~sure)
+    if len(rows):
+        ut, tinv = np.unique(tr, return_inverse=True)
+        rel = np.asarray(negatives[ut][:, ut].toarray(), bool)       # (T', T') bool
+        for s in range(0, len(rows), BLOCK_ROWS):
+            block = rows[s:s + BLOCK_ROWS]
+            vn = np.where(rel[tinv[block]][:, tinv], _rows(dist, keys, block), np.inf)
+            j = vn.argmin(1)                                         # first of the nearest
+            nj[block], f[block] = d.first[j], vn[np.arange(len(block)), j]
+    return nj, f
+
+
 def tsiam_pairs(x: torch.Tensor, track: torch.Tensor, negatives: sp.spmatrix,
                 frame: torch.Tensor | None = None, n_pairs: int = 128,
                 dist: FaceDistances | None = None) -> Pairs:
@@ -320,32 +510,20 @@ def tsiam_pairs(x: torch.Tensor, track: torch.Tensor, negatives: sp.spmatrix,
     ``negatives``. Which pairs are kept is not documented [unverified]; this follows SSiam's
     hardness rule: each candidate's farthest same-track frame (distance r_i) and nearest
     negative frame (f_i); the K of largest r_i and the K of smallest f_i, ties in index order.
-    Fewer pairs come back when the draw holds fewer candidates. Blockwise over the distinct
-    frames, as :func:`ssiam_neighbours`.
+    Fewer pairs come back when the draw holds fewer candidates. Over the distinct frames:
+    positives within track blocks (:func:`_farthest_same_track`), negatives from the title's
+    lists or blockwise (:func:`_nearest_related`).
     """
     if x.ndim != 2 or track.shape != (x.shape[0],):
         raise ValueError("x must be (B, D) and track (B,)")
     k_pos, k_neg = _split(n_pairs)
     dist, d, keys = _as_dist(x, frame, dist)
-    u = len(d.faces)
     tr = track.detach().cpu().numpy().astype(np.int64)[d.first]      # track of each frame
-    ut, tinv = np.unique(tr, return_inverse=True)
-    rel = np.asarray(negatives[ut][:, ut].toarray(), bool)           # (T', T') bool
-    out = np.empty((4, u))
-    for s in range(0, u, BLOCK_ROWS):
-        rows = np.arange(s, min(s + BLOCK_ROWS, u))
-        r_ = np.arange(len(rows))
-        v = dist.block(rows if keys is None else keys[rows], keys)
-        same = tinv[rows][:, None] == tinv[None, :]
-        same[r_, rows] = False                                       # never the frame itself
-        vp = np.where(same, v, -np.inf)
-        pj = vp.argmax(1)                                            # first of the farthest
-        vn = np.where(rel[tinv[rows]][:, tinv], v, np.inf)
-        nj = vn.argmin(1)                                            # first of the nearest
-        out[:, rows] = d.first[pj], vp[r_, pj], d.first[nj], vn[r_, nj]
+    pj, r = _farthest_same_track(dist, keys, d, tr)
+    nj, f = _nearest_related(dist, keys, d, tr, negatives)
     inv = d.inv
-    pj, r = torch.from_numpy(out[0][inv].astype(np.int64)), torch.from_numpy(out[1][inv])
-    nj, f = torch.from_numpy(out[2][inv].astype(np.int64)), torch.from_numpy(out[3][inv])
+    pj, r = torch.from_numpy(pj[inv]), torch.from_numpy(r[inv])
+    nj, f = torch.from_numpy(nj[inv]), torch.from_numpy(f[inv])
     pos = torch.argsort(-r, stable=True)[:k_pos]
     pos = pos[torch.isfinite(r[pos])]
     negs = torch.argsort(f, stable=True)[:k_neg]
