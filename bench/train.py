@@ -306,7 +306,7 @@ def raydata(args) -> None:
     from training.columns import IS_VALID, TITLE_ID, TRACKLETS
     from ray.data.expressions import col
 
-    from training.data import _vectors, build_samples, iter_titles, list_shards, sample_kind
+    from training.data import build_samples, float_vectors, iter_titles, list_shards, sample_kind
     from training.train import worker_batches
     work = args.workdir or tempfile.mkdtemp(prefix="bench_raydata_", dir="/tmp")
     tracks = args.tracks[0]
@@ -338,7 +338,7 @@ def raydata(args) -> None:
         class Views(ray.data.collate_fn.ArrowBatchCollateFn):
             def __call__(self, batch: pa.Table):
                 import torch
-                return {"views": torch.from_numpy(_vectors(batch[TRACKLETS], dim).copy())}
+                return {"views": torch.from_numpy(float_vectors(batch[TRACKLETS], dim).copy())}
 
         def mvcorr_pass() -> int:
             """MvCorr: valid tracks' tracklets, shuffled locally, as (B, 3, D) tensors."""

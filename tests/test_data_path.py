@@ -15,7 +15,7 @@ import training.losses.siamese_miners as sm
 from test_siamese import brute_ssiam, brute_tsiam, pairs_list
 from training import registry
 from training.columns import HARD_NEGATIVE, MEAN_EMBEDDING
-from training.data import (TRIPLETS, VIEW_COLUMNS, Collated, Samples, _vectors, build_samples,
+from training.data import (TRIPLETS, VIEW_COLUMNS, Collated, Samples, float_vectors, build_samples,
                            collate, iter_titles, list_shards, means_needed, prefetched,
                            read_title, stream_batches)
 from training.losses import tsiam_negative_tracks
@@ -95,16 +95,16 @@ def test_vectors_decodes_sliced_chunked_and_null_columns():
     vals = rng.normal(size=(7, 3, 4)).astype(np.float32)
     inner = pa.FixedSizeListArray.from_arrays(pa.array(vals.ravel()), 4)
     outer = pa.FixedSizeListArray.from_arrays(inner, 3)
-    np.testing.assert_array_equal(_vectors(outer, 4), vals)
-    np.testing.assert_array_equal(_vectors(outer.slice(2, 4), 4), vals[2:6])
+    np.testing.assert_array_equal(float_vectors(outer, 4), vals)
+    np.testing.assert_array_equal(float_vectors(outer.slice(2, 4), 4), vals[2:6])
     chunked = pa.chunked_array([outer.slice(0, 3), outer.slice(3, 4)])
-    np.testing.assert_array_equal(_vectors(chunked, 4), vals)
+    np.testing.assert_array_equal(float_vectors(chunked, 4), vals)
     with_null = pa.array([v.tolist() if i != 1 else None for i, v in enumerate(vals)],
                          outer.type)
-    got = _vectors(with_null, 4)
+    got = float_vectors(with_null, 4)
     assert got.shape == (7, 3, 4)
     np.testing.assert_array_equal(np.delete(got, 1, 0), np.delete(vals, 1, 0))
-    assert np.shares_memory(_vectors(outer, 4), np.asarray(outer.values.values))   # zero copy
+    assert np.shares_memory(float_vectors(outer, 4), np.asarray(outer.values.values))   # zero copy
 
 
 def test_triplets_read_mean_embedding_only_where_a_hard_negative_needs_it(dataset, tmp_path):
@@ -185,11 +185,11 @@ def test_worker_batches_are_the_stream_collated(dataset, head):
 
 
 def test_rows_index_like_the_concatenated_array():
-    from training.data import _Rows
+    from training.data import Rows
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(5, 3, 2)), rng.normal(size=(4, 3, 2))
     whole = np.concatenate([a, b[[3, 0, 2]]])
-    rows = _Rows.concat([a, _Rows([b], np.zeros(3, np.int32), np.array([3, 0, 2]))])
+    rows = Rows.concat([a, Rows([b], np.zeros(3, np.int32), np.array([3, 0, 2]))])
     assert len(rows) == 8 and rows.shape == (8, 3, 2)
     idx = np.array([7, 0, 5, 5, 2])
     np.testing.assert_array_equal(rows[idx], whole[idx])

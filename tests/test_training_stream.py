@@ -10,7 +10,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from training import data  # noqa: E402
+from training.data import shards  # noqa: E402
 from training.synthetic import SyntheticSpec, write_dataset  # noqa: E402
 from training.train import HEAD_FILE, STATE_FILE, fit  # noqa: E402
 
@@ -56,7 +56,7 @@ def test_early_stopping_and_driver_reads_no_rows(dataset, tmp_path, monkeypatch)
     def no_rows(*a, **k):
         raise AssertionError("the driver must not read shard rows")
     monkeypatch.setattr(pq, "read_table", no_rows)          # driver process only; footers are fine
-    monkeypatch.setattr(data, "read_title", no_rows)
+    monkeypatch.setattr(shards, "read_title", no_rows)
     # lr so small that validation moves by far less than min_delta: it stops improving at once
     result = fit("bcl", dataset["shards"], str(tmp_path / "runs"), workers=2, val_titles=VAL,
                  epochs=20, lr=1e-7, batch_size=64, patience=2, min_delta=1e-3,

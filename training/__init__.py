@@ -3,7 +3,8 @@
     registry.py      one ``HeadSpec`` per head: model, loss, sample kind, hyper-parameters,
                      how tracks are embedded, its own stopping rule
     heads/, losses/  the models and their losses, one module each
-    data.py          shard reading, title splitting and the sample kinds (streamed batches)
+    data/            shard reading and title selection, the sample kinds (tracks, frames),
+                     pools, batches, collate and the prefetch thread
     train.py         the Ray Train loop (``fit``), checkpoints, ``load_head``
     transductive.py  a head trained on the one title it then clusters
     export.py        a head as ONNX, and a face pack with the head appended

@@ -177,14 +177,15 @@ def _track_identities(shards: str, labels_url: str) -> dict:
     import pyarrow.parquet as pq
 
     from training.columns import BOXES, FRAME_IDX, TRACK_ID
-    from training.data import _fs, shard_info
+    from harvest.dataset.storage import open_fs
+    from training.data import shard_info
     from training.evaluation.labels import assign, read_labels
     labels, out = read_labels(labels_url), {}
     for info in shard_info(shards):
         key = labels.key_for(info["title_id"], info["source_uri"])
         if key is None:
             continue
-        fs, p = _fs(info["path"])
+        fs, p = open_fs(info["path"])
         with fs.open(p, "rb") as f:
             t = pq.read_table(f, columns=[TRACK_ID, FRAME_IDX, BOXES])
         ids = t[TRACK_ID].to_numpy()

@@ -8,8 +8,9 @@
     c1c.py             C1C: FINCH under must-links (a track's faces) and cannot-links
     autocluster.py     ``auto``, the default: title-adapted embedding, a cut calibrated on the
                        title's own cannot-links
-    vcn.py             VideoClusterNet: its formulas, defaults and the method (vcn_finetune.py:
-                       the per-title fine-tuning of the recogniser on face crops, torch)
+    vcn.py             VideoClusterNet's formulas (methods.md 5) and defaults
+    vcn_finetune.py    the ``vcn`` method: per-title fine-tuning of the recogniser on face
+                       crops (torch), then the loss-as-distance clustering
     confidence.py      the calibrated per-track confidence of any clustering
     cluster_titles.py  the ``cluster`` command: one Ray task per title, outputs and report
 

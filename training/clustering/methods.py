@@ -198,7 +198,7 @@ register(Method("auto", _auto, k="optional", cannot_link="always", defaults=dict
 
 
 def _vcn(job: Job) -> np.ndarray:
-    from training.clustering.vcn import run
+    from training.clustering.vcn_finetune import run
     return run(job)
 
 

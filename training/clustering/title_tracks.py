@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 
 from training.clustering import hac
 from training.columns import CANNOT_LINK, IS_VALID, MEAN_EMBEDDING, TRACK_ID
-from training.data import _fs, _vectors, faces_of
+from harvest.dataset.storage import open_fs
+from training.data import faces_of, float_vectors
 
 
 @dataclass
@@ -93,7 +94,7 @@ def read_tracks(path: str, columns=()) -> tuple[TitleTracks, "pa.Table"]:
     """(TitleTracks, table of its valid rows with the extra ``columns``) of one shard; the
     per-face embeddings are read only when a method or head asks for them."""
     from harvest.dataset.schema import read_metadata
-    fs, p = _fs(path)
+    fs, p = open_fs(path)
     cols = list(dict.fromkeys([TRACK_ID, IS_VALID, MEAN_EMBEDDING, CANNOT_LINK, *columns]))
     with fs.open(p, "rb") as f:
         pf = pq.ParquetFile(f)
@@ -116,7 +117,7 @@ def read_tracks(path: str, columns=()) -> tuple[TitleTracks, "pa.Table"]:
         t = t.filter(t[IS_VALID]).sort_by([(TRACK_ID, "ascending")])
         return t[CROPS].to_pylist(), [np.asarray(c, np.int64) for c in t[CROP_POSITIONS].to_pylist()]
     tracks = TitleTracks(title_id, table[TRACK_ID].to_numpy(),
-                         _vectors(table[MEAN_EMBEDDING], dim)[:, 0],
+                         float_vectors(table[MEAN_EMBEDDING], dim)[:, 0],
                          [c or [] for c in table[CANNOT_LINK].to_pylist()], load,
                          load_crops=load_crops, meta=meta)
     return tracks, table

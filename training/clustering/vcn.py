@@ -43,15 +43,12 @@ No public code exists; this follows methods.md 5.2 and marks our choices:
 """
 from __future__ import annotations
 
-import logging
 import math
-import time
 
 import numpy as np
 
 from harvest.vectors import l2_normalize
 
-log = logging.getLogger(__name__)
 
 #: the method's parameters and defaults (``--param``), registered by training.clustering.methods
 DEFAULTS = dict(
@@ -207,37 +204,6 @@ def loss_distance_clustering(sp, sl, diag, n, cannot_pairs=np.zeros((0, 2), np.i
 
 
 # ------------------------------------------------------------------ networks
-
-
-# ------------------------------------------------------------------ the method
-def run(job) -> np.ndarray:
-    """The ``vcn`` method of :mod:`training.clustering.methods`: Job -> (T,) labels. The
-    fine-tuning itself is :class:`training.clustering.vcn_finetune.FineTune`."""
-    from training.clustering.vcn_finetune import FineTune
-    p, t = job.params, job.title
-    jpegs, _ = t.crops
-    if not sum(map(len, jpegs)):
-        raise ValueError(f"vcn needs face crops in the shard of {t.title_id} (crops mode "
-                         f"{t.meta.get('crops', 'none')!r}): harvest it with --crops sample")
-    tune = FineTune(t, p)
-    tune.head_stage()
-    tune.joint_stage()
-    sp, sl, diag, n, quality = tune.track_sums()
-    has = n > 0
-    unknown = ~has
-    unknown[has] = mad_unknown(quality[has], p["mad"])
-    keep = np.flatnonzero(~unknown)
-    remap = np.full(t.n_tracks, -1)
-    remap[keep] = np.arange(len(keep))
-    cl = np.array([(remap[a], remap[b]) for a, b in tune.cannot
-                   if remap[a] >= 0 and remap[b] >= 0], np.int64).reshape(-1, 2)
-    labels = np.empty(t.n_tracks, np.int64)
-    labels[keep] = loss_distance_clustering(sp[keep], sl[keep], diag[keep], n[keep], cl,
-                                            int(p["max_edges"]))
-    labels[unknown] = len(keep) + np.arange(unknown.sum())       # Unknown: one label each
-    log.info("vcn: %d Unknown tracks, %d clusters, %.1fs", unknown.sum(), len(set(labels)),
-             time.perf_counter() - tune.clock)
-    return labels
 
 
 def unit(x) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""VideoClusterNet's fine-tuning (the ``vcn`` method, :mod:`training.clustering.vcn`): the
-face pack's recogniser as a trainable torch student with its prototype head, an EMA teacher,
-the two training stages and the per-track sums the loss-as-distance clustering reads.
+"""The ``vcn`` method (VideoClusterNet; its formulas and defaults: :mod:`training.clustering.vcn`):
+the face pack's recogniser as a trainable torch student with its prototype head, an EMA
+teacher, the two training stages, the per-track sums, and the loss-as-distance clustering.
 
-Only this module imports torch; ``vcn`` imports it when the method runs.
+The method registry imports this module only when the method runs (it imports torch).
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from training.clustering.vcn import coarse_matches, serfiq_quality, ssl_loss, unit
+from training.clustering.vcn import (coarse_matches, loss_distance_clustering, mad_unknown,
+                                     serfiq_quality, ssl_loss, unit)
 
 _BACKBONES: dict = {}       # recogniser path -> converted module (copied per title)
 log = logging.getLogger("training.clustering.vcn")
@@ -303,3 +304,33 @@ def _serfiq_passes(net, tap, p, gen) -> np.ndarray:
     keep = (torch.rand(rep.shape, generator=gen) >= rate).to(rep.device, rep.dtype)
     out = net.backbone(resume={net.tap: rep * keep / (1 - rate)}).reshape(b, m, -1)
     return serfiq_quality(out.double().cpu().numpy())
+
+
+def run(job) -> np.ndarray:
+    """The ``vcn`` method of :mod:`training.clustering.methods`: Job -> (T,) labels: the
+    title's fine-tuning (:class:`FineTune`), then the loss-as-distance clustering of its
+    tracks, Unknown (low-quality) tracks each on their own."""
+    p, t = job.params, job.title
+    jpegs, _ = t.crops
+    if not sum(map(len, jpegs)):
+        raise ValueError(f"vcn needs face crops in the shard of {t.title_id} (crops mode "
+                         f"{t.meta.get('crops', 'none')!r}): harvest it with --crops sample")
+    tune = FineTune(t, p)
+    tune.head_stage()
+    tune.joint_stage()
+    sp, sl, diag, n, quality = tune.track_sums()
+    has = n > 0
+    unknown = ~has
+    unknown[has] = mad_unknown(quality[has], p["mad"])
+    keep = np.flatnonzero(~unknown)
+    remap = np.full(t.n_tracks, -1)
+    remap[keep] = np.arange(len(keep))
+    cl = np.array([(remap[a], remap[b]) for a, b in tune.cannot
+                   if remap[a] >= 0 and remap[b] >= 0], np.int64).reshape(-1, 2)
+    labels = np.empty(t.n_tracks, np.int64)
+    labels[keep] = loss_distance_clustering(sp[keep], sl[keep], diag[keep], n[keep], cl,
+                                            int(p["max_edges"]))
+    labels[unknown] = len(keep) + np.arange(unknown.sum())       # Unknown: one label each
+    log.info("vcn: %d Unknown tracks, %d clusters, %.1fs", unknown.sum(), len(set(labels)),
+             time.perf_counter() - tune.clock)
+    return labels
