@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import training.losses.face_distances as fd
 import training.losses.siamese_miners as sm
 from test_siamese import brute_ssiam, brute_tsiam, pairs_list
 from training import registry
@@ -224,8 +225,8 @@ def _title(rng, n_frames: int, dim: int, grid: bool) -> dict:
 def test_miners_on_short_neighbour_lists_match_brute_force(seed, monkeypatch):
     """Lists of 4 faces: some frames are answered from them, the others (an answer that may lie
     outside a list) blockwise; pairs are the brute force's, duplicates and ties included."""
-    monkeypatch.setattr(sm, "LIST_MIN", 4)
-    monkeypatch.setattr(sm, "LIST_DRAWS", 1)
+    monkeypatch.setattr(fd, "LIST_MIN", 4)
+    monkeypatch.setattr(fd, "LIST_DRAWS", 1)
     rng = np.random.default_rng(seed)
     t = _title(rng, 300, 3, grid=True)
     x, track, rel = t["x"], t["track"], t["rel"]

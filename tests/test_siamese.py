@@ -8,7 +8,8 @@ from training.heads import SiameseMLP
 from training.heads.siamese import batch_loss
 from training.losses import (ContrastiveLoss, draw, ssiam_neighbours, ssiam_pairs,
                              tsiam_negative_tracks, tsiam_pairs)
-from training.losses.siamese_miners import CACHE_MB, FaceDistances, ssiam_neighbours_dense
+from training.losses.face_distances import CACHE_MB, FaceDistances
+from training.losses.siamese_miners import ssiam_neighbours_dense
 
 X46 = torch.tensor([[0, 0], [0.2, 0], [3, 0], [3, 0.5], [0, 4], [1, 4]], dtype=torch.float64)
 

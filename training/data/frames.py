@@ -84,7 +84,7 @@ def _distances(samples: Samples, hp: dict, negatives=None) -> None:
     """Once per title: its faces' distances and neighbour lists (SSiam's nearest and farthest
     faces; with TSiam's ``negatives`` the nearest faces of related tracks), which every draw
     of the title mines from."""
-    from training.losses.siamese_miners import FaceDistances
+    from training.losses.face_distances import FaceDistances
     a = samples.arrays
     samples.meta["distances"] = FaceDistances(a["x"], draw=_draw_size(hp), negatives=negatives,
                                               track=None if negatives is None else a["track"])
