@@ -151,7 +151,7 @@ def train(head: str, shards: str, runs: str, name: str, val_title: str, epochs: 
 
 def _history(result) -> list:
     import torch
-    from training.train import STATE_FILE
+    from training.checkpoints import STATE_FILE
     with result.checkpoint.as_directory() as d:
         return torch.load(os.path.join(d, STATE_FILE), map_location="cpu",
                           weights_only=False)["state"]["history"]

@@ -176,7 +176,8 @@ def train_heads(clips: list[Clip], paths: list[str], heads, cache: str, epochs: 
     ``train`` needs a validation title) for each clip, with Ray Train (1 worker), cached under
     ``cache/heads``. -> {(head, clip name): run directory}."""
     import glob
-    from training.train import STATE_FILE, fit, resolve_head
+    from training.checkpoints import STATE_FILE, resolve_head
+    from training.train import fit
     runs = {}
     for i, clip in enumerate(clips):
         others = [j for j in range(len(clips)) if j != i]
@@ -204,7 +205,7 @@ def train_heads(clips: list[Clip], paths: list[str], heads, cache: str, epochs: 
 
 def head_rows(clips: list[Clip], runs: dict, heads, methods, known_k: bool) -> list[dict]:
     """Rows of the heads trained on the other clips (``runs``: :func:`train_heads`)."""
-    from training.train import load_head
+    from training.checkpoints import load_head
     rows = []
     for head in heads:
         loaded = [load_head(runs[(head, c.name)])[:2] for c in clips]

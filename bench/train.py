@@ -93,7 +93,11 @@ def rates_main(head: str, shards: str, workers: int) -> None:
 
     from training import registry
     from training.data import collate, deal_titles, iter_titles, stream_batches
-    from training.train import Objective, make_optimizer
+    from training.train import make_optimizer
+    try:
+        from training.objective import Objective
+    except ImportError:                 # --root: a checkout from before training/objective.py
+        from training.train import Objective
     try:
         from training.train import worker_batches
     except ImportError:          # an older checkout (--root): its loop collated in the step

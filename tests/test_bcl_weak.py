@@ -15,7 +15,8 @@ from training.data import iter_titles, list_shards, stream_batches
 from training.losses import BallClusterLoss
 from training.clustering.methods import Job, get as get_method
 from training.clustering.title_tracks import read_tracks
-from training.train import Objective, make_optimizer, run_epoch
+from training.objective import Objective
+from training.train import make_optimizer, run_epoch
 
 
 def test_weak_batches_calibrate_the_cut_and_supervised_ones_do_not():

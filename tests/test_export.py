@@ -2,7 +2,7 @@
 
 Real models throughout: the SCRFD + MobileFaceNet pack and the published BCL checkpoint in
 ../shared/models, real faces of crowd.mp4. Heads are the registry's own classes in the
-checkpoint format `train` writes (``training.train.save_state``), with random weights and
+checkpoint format `train` writes (``training.checkpoints.save_state``), with random weights and
 batch-norm statistics moved off their identity defaults, so the comparison has something to
 compare; training them first would not change what is tested (the translation of the layers).
 """
@@ -36,7 +36,9 @@ def sha256(path) -> str:
 def write_checkpoint(directory, head: str, in_dim: int = 128, seed: int = 0, val_loss=0.5,
                      **model_kwargs) -> str:
     """A checkpoint directory as `train` writes it, of a randomly initialised ``head``."""
-    from training.train import Objective, make_optimizer, save_state
+    from training.checkpoints import save_state
+    from training.objective import Objective
+    from training.train import make_optimizer
     torch.manual_seed(seed)
     obj = Objective(head, in_dim, model_kwargs or None)
     for m in obj.modules():                 # eval-mode batch norm that is not the identity
@@ -58,7 +60,7 @@ def run_onnx(path, x: np.ndarray) -> np.ndarray:
 
 
 def torch_head(ckpt, x: np.ndarray) -> np.ndarray:
-    from training.train import load_head
+    from training.checkpoints import load_head
     _, model, _ = load_head(str(ckpt))
     with torch.no_grad():
         return model.embed(torch.from_numpy(x)).numpy()

@@ -129,7 +129,7 @@ def test_cluster_with_siamese_head_by_run_directory(siamese_runs, harvested, tmp
 
     from training.cli import cluster_main
     from training.clustering.cluster_titles import META_KEY
-    from training.train import resolve_head
+    from training.checkpoints import resolve_head
     root, title_of = harvested
     runs, _ = siamese_runs
     out = tmp_path / "clusters"

@@ -229,7 +229,7 @@ def test_train_overwrite_starts_over_and_resume_continues(syn, tmp_path, capsys,
     assert training_cli.train_main(argv + ["--overwrite"]) == 0
     out = capsys.readouterr()
     assert f"deleting the earlier run {run}" in out.err and "'epoch': 1" in out.out
-    from training.train import existing_run
+    from training.checkpoints import existing_run
     assert existing_run(str(runs), "imptriplet")["epoch"] == 1       # trained anew, 1 epoch
     assert training_cli.train_main(argv + ["--resume"]) == 0
     out = capsys.readouterr()

@@ -128,8 +128,9 @@ def test_title_resolver_takes_ids_and_file_names():
 
 
 def test_head_resolver_takes_run_and_checkpoint_dirs(tmp_path):
-    from training.train import (HEAD_FILE, Objective, load_head, make_optimizer, resolve_head,
-                                save_state)
+    from training.checkpoints import HEAD_FILE, load_head, resolve_head, save_state
+    from training.objective import Objective
+    from training.train import make_optimizer
     run = tmp_path / "run"
     hp = registry.get("ssiam").hparams()
     saved = {}
@@ -158,7 +159,9 @@ def test_cluster_title_with_a_head_that_has_its_own_cut(dataset, tmp_path):
     from training.clustering import hac
     from training.clustering.cluster_titles import label_title, make_config
     from training.data import shard_info
-    from training.train import Objective, load_head, make_optimizer, save_state
+    from training.checkpoints import load_head, save_state
+    from training.objective import Objective
+    from training.train import make_optimizer
     hp = registry.get("bcl").hparams()
     obj = Objective("bcl", 16)
     (tmp_path / "ckpt").mkdir()

@@ -10,7 +10,8 @@ ray = pytest.importorskip("ray")
 
 from training.cli import evaluate_main, train_main  # noqa: E402
 from training.synthetic import SyntheticSpec, write_dataset  # noqa: E402
-from training.train import STATE_FILE, fit, load_head  # noqa: E402
+from training.checkpoints import STATE_FILE, load_head  # noqa: E402
+from training.train import fit
 
 VAL = ["title008", "title009"]
 SMALL = {

@@ -12,7 +12,8 @@ ray = pytest.importorskip("ray")
 
 from training.data import shards  # noqa: E402
 from training.synthetic import SyntheticSpec, write_dataset  # noqa: E402
-from training.train import HEAD_FILE, STATE_FILE, fit  # noqa: E402
+from training.checkpoints import HEAD_FILE, STATE_FILE  # noqa: E402
+from training.train import fit
 
 VAL = ["title004", "title005"]
 MVCORR = dict(lr=0.05, batch_size=64, model_kwargs=dict(hidden=32, out_dim=8))

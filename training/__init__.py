@@ -5,7 +5,9 @@
     heads/, losses/  the models and their losses, one module each
     data/            shard reading and title selection, the sample kinds (tracks, frames),
                      pools, batches, collate and the prefetch thread
-    train.py         the Ray Train loop (``fit``), checkpoints, ``load_head``
+    objective.py     a head's model and loss as one module (what trains and is checkpointed)
+    train.py         the Ray Train loop (``fit``, ``train_loop``)
+    checkpoints.py   what a run writes, resolving a run or checkpoint to one, ``load_head``
     transductive.py  a head trained on the one title it then clusters
     export.py        a head as ONNX, and a face pack with the head appended
     synthetic.py     generated titles for tests and benchmarks

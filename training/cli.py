@@ -121,7 +121,7 @@ def _run_choice(args) -> dict | None:
     """An earlier run under --output/NAME: resumed only with --resume, deleted with
     --overwrite, else a usage error naming both (a re-run must not pass off old metrics).
     -> the run resumed, if any."""
-    from training.train import existing_run, remove_run
+    from training.checkpoints import existing_run, remove_run
     run = existing_run(args.output, args.name or args.head)
     if run is None:
         return None

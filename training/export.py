@@ -279,7 +279,7 @@ def checkpoint_file(head_path: str) -> str:
     """The weights file a head path means (a run directory -> its best checkpoint's state.pt)."""
     import fsspec
 
-    from training.train import STATE_FILE, resolve_head
+    from training.checkpoints import STATE_FILE, resolve_head
     path = resolve_head(head_path)
     fs, p = fsspec.core.url_to_fs(path)
     return path.rstrip("/") + "/" + STATE_FILE if fs.isdir(p) else path
@@ -356,7 +356,7 @@ def export(head_path: str, output: str, models: str | None = None) -> dict:
     import onnx
     import onnxruntime
 
-    from training.train import load_head
+    from training.checkpoints import load_head
 
     ckpt = _absolute(checkpoint_file(head_path))
     try:

@@ -21,7 +21,6 @@ makes rank 1 ``os._exit(1)`` after its first step of epoch E, once (the marker f
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -30,36 +29,15 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from training import registry
+from training.checkpoints import STATE_FILE, local_abs, save_state
+from training.objective import Objective, unwrap
 from training.data import (Collated, collate, collated, deal_titles, iter_titles, prefetched,
                            resolve_titles, shard_info, split_titles, stream_batches)
 
 log = logging.getLogger("movieface.train")
-STATE_FILE = "state.pt"
 PREFETCH_BATCHES = 2     # collated batches made ahead of the training step (data.prefetched)
-HEAD_FILE = "head.json"
-
-
-class Objective(nn.Module):
-    """Model + loss as one module, so DDP synchronises the loss's parameters (BCL radius) too."""
-
-    def __init__(self, head: str, in_dim: int, model_kwargs: dict | None = None):
-        super().__init__()
-        spec = registry.get(head)
-        self.head, self.in_dim = head, in_dim
-        self.model_kwargs = {**spec.model_kwargs, **(model_kwargs or {})}
-        self.model = spec.model(in_dim, **self.model_kwargs)
-        self.loss = spec.loss(**spec.loss_kwargs)
-        self._batch_loss = spec.batch_loss
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self._batch_loss(self.model, self.loss, batch)
-
-
-def _unwrap(module: nn.Module) -> Objective:
-    return module.module if hasattr(module, "module") else module
 
 
 def _lr_factor(hp: dict, epoch: int, step: int) -> float:
@@ -117,7 +95,7 @@ def run_epoch(objective, batches, device, optimizer=None, hp=None, epoch=0, step
     """One pass over ``batches`` ((samples, indices) pairs, or :class:`~training.data.Collated`
     batches): trains when ``optimizer`` is given, else evaluates. Returns ((loss sum, sample
     count) on this rank, new global step)."""
-    obj = _unwrap(objective)
+    obj = unwrap(objective)
     objective.train(optimizer is not None)
     total, count = 0.0, 0
     freeze = optimizer is not None and epoch < hp["radius_freeze_epochs"]
@@ -220,7 +198,7 @@ def train_loop(config: dict) -> None:
 
     def validate():     # unwrapped: no DDP collectives, so ranks may run different batch counts
         val_batches = batches(val_share, np.random.default_rng(hp["seed"] + 1))
-        return _allreduce_mean(*run_epoch(_unwrap(objective), val_batches, device)[0], device)
+        return _allreduce_mean(*run_epoch(unwrap(objective), val_batches, device)[0], device)
 
     if state["init"] is None:
         state["init"] = validate()
@@ -239,9 +217,9 @@ def train_loop(config: dict) -> None:
         metrics.update(seconds=t_train, val_seconds=time.perf_counter() - t0 - t_train,
                        worker_peak_rss_mb=_allreduce([peak_rss_mb()], device, "max")[0],
                        lr=optimizer.param_groups[0]["lr"],
-                       **registry.get(head).loss_metrics(_unwrap(objective).loss))
+                       **registry.get(head).loss_metrics(unwrap(objective).loss))
         state["history"].append(metrics)
-        _report(rank, head, hp, state, metrics, _unwrap(objective), optimizer)
+        _report(rank, head, hp, state, metrics, unwrap(objective), optimizer)
 
 
 def _restore(objective: Objective, optimizer, head: str, dim: int, rank: int) -> dict:
@@ -298,95 +276,6 @@ def _report(rank: int, head: str, hp: dict, state: dict, metrics: dict, obj: Obj
     with tempfile.TemporaryDirectory() as d:
         save_state(d, obj, optimizer, state, hp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def save_state(directory: str, obj: Objective, optimizer, state: dict, hp: dict) -> None:
-    torch.save(dict(head=obj.head, in_dim=obj.in_dim, objective=obj.state_dict(),
-                    optimizer=optimizer.state_dict(), state=state, hparams=hp,
-                    model_kwargs=obj.model_kwargs),
-               os.path.join(directory, STATE_FILE))
-    with open(os.path.join(directory, HEAD_FILE), "w") as f:
-        json.dump(dict(head=obj.head, in_dim=obj.in_dim, epoch=state["epoch"],
-                       val_loss=state["history"][-1]["val_loss"] if state["history"] else None), f)
-
-
-def resolve_head(path: str) -> str:
-    """A head given as a checkpoint directory (or its ``state.pt``, or the published BCL file)
-    or as a run directory (``--output/<name>``: its checkpoint of lowest validation loss, the
-    latest on ties) -> the checkpoint path. The one rule every command uses."""
-    import fsspec
-    fs, p = fsspec.core.url_to_fs(path)
-    if not fs.isdir(p) or fs.exists(p.rstrip("/") + "/" + STATE_FILE):
-        return path
-    found = []
-    for state in sorted(fs.glob(p.rstrip("/") + "/*/" + STATE_FILE)):
-        d = state.rsplit("/", 1)[0]
-        try:
-            with fs.open(d + "/" + HEAD_FILE) as f:
-                meta = json.load(f)
-        except FileNotFoundError:
-            meta = {}
-        val = meta.get("val_loss")
-        if val is None:
-            with fs.open(state, "rb") as f:
-                hist = torch.load(f, map_location="cpu", weights_only=False)["state"]["history"]
-            val = hist[-1]["val_loss"] if hist else float("inf")
-        found.append((val, d))
-    if not found:
-        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with "
-                                f"checkpoints ({STATE_FILE} in a sub-directory)")
-    best = min(v for v, _ in found)
-    d = [d for v, d in found if v == best][-1]
-    return d if "://" not in path else fs.unstrip_protocol(d)
-
-
-def load_head(path: str):
-    """A trained head for inference -> (name, model in eval mode, loss).
-
-    ``path``: a checkpoint directory written by :func:`train_loop` (local or URL), its
-    ``state.pt``, a run directory (:func:`resolve_head`), or a checkpoint its paper published
-    (``HeadSpec.published``: the BCL file).
-    """
-    import fsspec
-    path = resolve_head(path)
-    fs, p = fsspec.core.url_to_fs(path)
-    if fs.isdir(p):
-        p = p.rstrip("/") + "/" + STATE_FILE
-    with fs.open(p, "rb") as f:
-        saved = torch.load(f, map_location="cpu", weights_only=False)
-    published = registry.published_head(saved)
-    if published is not None:
-        model, loss = registry.get(published).published[1](path)
-        return published, model, loss
-    obj = Objective(saved["head"], saved["in_dim"], saved["model_kwargs"])
-    obj.load_state_dict(saved["objective"])
-    return saved["head"], obj.model.eval(), obj.loss
-
-
-def existing_run(output: str, name: str) -> dict | None:
-    """The run directory ``output/name`` an earlier ``fit`` left, if it holds anything:
-    ``{"path", "epoch"}`` (the latest checkpointed epoch, None without a checkpoint)."""
-    import fsspec
-    url = _local_abs(output).rstrip("/") + "/" + name
-    fs, p = fsspec.core.url_to_fs(url)
-    if not fs.isdir(p) or not fs.ls(p, detail=False):
-        return None
-    epochs = []
-    for meta in fs.glob(p + "/*/" + HEAD_FILE):
-        with fs.open(meta) as f:
-            epochs.append(json.load(f).get("epoch") or 0)
-    return dict(path=url, epoch=max(epochs, default=None))
-
-
-def remove_run(run: dict) -> None:
-    """Delete a run directory found by :func:`existing_run` (``train --overwrite``)."""
-    import fsspec
-    fs, p = fsspec.core.url_to_fs(run["path"])
-    fs.rm(p, recursive=True)
-
-
-def _local_abs(url: str) -> str:
-    return url if "://" in url else os.path.abspath(url)
 
 
 def _split(shards: str, val_titles, val_fraction: float) -> dict:
@@ -456,7 +345,7 @@ def fit(head: str, shards: str, output: str, workers: int = 2, gpu: bool = False
         train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
         run_config=RunConfig(
-            name=name or head, storage_path=_local_abs(output),
+            name=name or head, storage_path=local_abs(output),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min")))

@@ -30,7 +30,8 @@ def fit_title(head: str, shard: str, epochs: int | None = None, seed: int = 0, l
     epochs; -> the model in eval mode (for ``registry.get(head).embed_tracks`` and the
     clustering methods). ``overrides``: any hyper-parameter of the head (``lr``,
     ``batch_size``, ...). ``log``: a callable given one line per epoch."""
-    from training.train import Objective, make_optimizer, run_epoch, worker_batches
+    from training.objective import Objective
+    from training.train import make_optimizer, run_epoch, worker_batches
     spec = registry.get(head)
     defaults = spec.hparams()
     if epochs is None:

@@ -51,7 +51,7 @@ def make_config(method: str, head: str | None = None, cannot_link: bool = False,
     """The settings a title's labels depend on, with the head's checkpoint sha256."""
     m = methods.get(method)
     if m.threshold and head is not None and m.k != "required":
-        from training.train import load_head
+        from training.checkpoints import load_head
         if registry.get(load_head(head)[0]).stop_rule is not None:
             m = None                                    # the head's own cut (BCL: 4b)
     if m is not None and not m.parameter_free:
@@ -65,7 +65,7 @@ def make_config(method: str, head: str | None = None, cannot_link: bool = False,
     if m.own(params):                   # --param overrides (absent: the hash is unchanged)
         cfg["params"] = m.own(params)
     if head is not None:
-        from training.train import STATE_FILE, resolve_head
+        from training.checkpoints import STATE_FILE, resolve_head
         path = resolve_head(head)
         fs, p = open_fs(path)
         f = p.rstrip("/") + "/" + STATE_FILE if fs.isdir(p) else p
@@ -136,7 +136,7 @@ def cluster_one(info: dict, output: str, cfg: dict) -> dict:
                     n_clusters=old["n_clusters"], seconds=time.perf_counter() - t0)
     model = loss = None
     if cfg["head"] is not None:
-        from training.train import load_head
+        from training.checkpoints import load_head
         cfg = dict(cfg)
         cfg["head_name"], model, loss = load_head(cfg["head"])
     table, meta = label_title(info, cfg, model, loss)

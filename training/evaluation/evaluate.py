@@ -107,7 +107,7 @@ def evaluate(shards: str, titles, labels_url: str, head: str | None = None,
     uses the head's own stopping rule (BCL) if it has one, else a height fitted on
     ``val_titles`` (else leave-one-title-out) to match their identity counts. ``report``: a
     directory/URL where the predicted clusters are drawn as galleries (``harvest.reports.galleries``)."""
-    from training.train import load_head
+    from training.checkpoints import load_head
 
     methods = [get_method(m) for m in methods]
     labels = read_labels(labels_url)

@@ -45,7 +45,7 @@ def head_query(hdr: dict, emb: np.ndarray) -> np.ndarray:
     """A raw recogniser embedding in the store's space (through the head, if any)."""
     if hdr.get("head"):
         from training.registry import embed_rows
-        from training.train import load_head
+        from training.checkpoints import load_head
         _, model, _ = load_head(hdr["head"])
         emb = embed_rows(model, np.asarray(emb, np.float32)[None])[0]
     return corpus.unit(np.asarray(emb, np.float32))

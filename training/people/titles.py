@@ -99,7 +99,7 @@ def process_title(info: dict, store_url: str, cfg: dict, known: dict | None) -> 
         return dict(status="unchanged", title_id=info["title_id"])
     model = loss = None
     if cfg.get("head") is not None:
-        from training.train import load_head
+        from training.checkpoints import load_head
         cfg = dict(cfg)
         cfg["head_name"], model, loss = load_head(cfg["head"])
     state, facts = cluster_title(info["path"], cfg, model, loss)
