@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -56,9 +57,39 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int,
     """-> (shard table with metadata, track label rows, box label rows (empty without
     ``labels``))."""
     rng = np.random.default_rng(seed)
-    d = spec.dim
-    centres = _unit(rng.standard_normal((spec.n_identities, d)))
-    # tracks per shot
+    t = SimpleNamespace(d=spec.dim)
+    t.centres = _unit(rng.standard_normal((spec.n_identities, spec.dim)))
+    t.ident, t.shot, t.slot, t.start = _shots(rng, spec)
+    t.n = len(t.ident)
+    _faces(rng, spec, t)
+    _tracklets(t)
+    t.track_ids = np.arange(t.n, dtype=np.int64) + 1000 * (seed % 7)
+    _constraints(rng, spec, t)
+    t.boxes = np.zeros((len(t.face_track), 4), np.float32)
+    x0 = 20 + SLOT_STEP * t.slot[t.face_track] + rng.uniform(-3, 3, len(t.face_track))
+    y0 = 60 + rng.uniform(-3, 3, len(t.face_track))
+    t.boxes[:] = np.stack([x0, y0, x0 + BOX_W, y0 + BOX_H], axis=1)
+    schema = shard_schema(t.d)
+    meta = dict(title_id=title_id, source_uri=f"synthetic://{title_id}.mp4", fps=FPS, width=1280,
+                height=720, frame_count=int(t.start.max() + spec.shot_frames),
+                backend="synthetic", detector_file="", detector_sha256="", embedder_file="",
+                embedder_sha256="", embedding_dim=t.d, pipeline_version=PIPELINE_VERSION,
+                config_hash="synthetic", shot_boundaries=sorted(set(t.start.tolist())))
+    columns = _columns(title_id, t)
+    table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema},
+                                 schema=with_metadata(schema, meta))
+    if not labels:
+        return table, [], []
+    names = [f"id{seed}_{i}" for i in range(spec.n_identities)]
+    track_rows = [(title_id, int(t.track_ids[k]), names[t.ident[k]]) for k in range(t.n)]
+    box_rows = [(f"{title_id}.mp4", int(t.frames[f]), *map(float, t.boxes[f]),
+                 names[t.ident[t.face_track[f]]]) for f in range(len(t.face_track))]
+    return table, track_rows, box_rows
+
+
+def _shots(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, ...]:
+    """Tracks shot by shot, each shot 1..max_concurrent distinct identities side by side ->
+    (identity, shot, slot, first frame) per track."""
     ident, shot, slot, start = [], [], [], []
     s = 0
     while len(ident) < spec.tracks_per_title:
@@ -69,86 +100,85 @@ def make_title(title_id: str, spec: SyntheticSpec, seed: int,
         slot += list(range(k))
         start += [s * spec.shot_frames] * k
         s += 1
-    n = len(ident)
-    ident, shot, slot, start = map(np.asarray, (ident, shot, slot, start))
-    n_faces = rng.integers(spec.faces_per_track[0], spec.faces_per_track[1] + 1, size=n)
-    face_track = np.repeat(np.arange(n), n_faces)
-    face_off = np.concatenate([[0], np.cumsum(n_faces)])
-    pos = np.arange(len(face_track)) - face_off[face_track]
-    frames = start[face_track] + (pos * (spec.shot_frames - 1)) // np.maximum(n_faces[face_track] - 1, 1)
+    return tuple(map(np.asarray, (ident, shot, slot, start)))
+
+
+def _faces(rng: np.random.Generator, spec: SyntheticSpec, t: SimpleNamespace) -> None:
+    """Each track's faces spread over its shot; an embedding is its identity's centre plus
+    the track's offset plus face noise; the track's unit mean."""
+    d, n = t.d, t.n
+    t.n_faces = rng.integers(spec.faces_per_track[0], spec.faces_per_track[1] + 1, size=n)
+    t.face_track = np.repeat(np.arange(n), t.n_faces)
+    t.face_off = np.concatenate([[0], np.cumsum(t.n_faces)])
+    pos = np.arange(len(t.face_track)) - t.face_off[t.face_track]
+    t.frames = t.start[t.face_track] + (pos * (spec.shot_frames - 1)) // np.maximum(
+        t.n_faces[t.face_track] - 1, 1)
     offsets = spec.track_offset * rng.standard_normal((n, d)) / np.sqrt(d) * np.sqrt(d / 4)
-    emb = _unit(centres[ident[face_track]] + offsets[face_track]
-                + spec.face_noise * rng.standard_normal((len(face_track), d)) / np.sqrt(d) * 2)
-    emb = emb.astype(np.float32)
-    mean = _unit(np.add.reduceat(emb, face_off[:-1], axis=0)).astype(np.float32)
-    # tracklets: thirds of the faces
-    has_tl = n_faces >= N_TRACKLETS
-    tracklets = np.zeros((n, N_TRACKLETS, d), np.float32)
-    members = []
-    for t in range(n):
-        parts = np.array_split(np.arange(n_faces[t]), N_TRACKLETS)
-        members.append([p.tolist() for p in parts] if has_tl[t] else [[] for _ in parts])
-        if has_tl[t]:
-            tracklets[t] = _unit(np.stack([emb[face_off[t] + p].mean(0) for p in parts]))
-    # cannot-link: valid tracks of the same shot; hard negative nearest to the anchor tracklet
-    track_ids = np.arange(n, dtype=np.int64) + 1000 * (seed % 7)
-    valid = rng.random(n) >= spec.invalid_fraction
-    cannot, hard = [], []
-    for t in range(n):
-        others = np.flatnonzero((shot == shot[t]) & (np.arange(n) != t) & valid & valid[t])
-        cannot.append(track_ids[others].tolist())
-        if len(others) and has_tl[t]:
-            dist = np.linalg.norm(mean[others] - tracklets[t, 0], axis=1)
-            hard.append(int(track_ids[others[np.argmin(dist)]]))
+    emb = _unit(t.centres[t.ident[t.face_track]] + offsets[t.face_track]
+                + spec.face_noise * rng.standard_normal((len(t.face_track), d)) / np.sqrt(d) * 2)
+    t.emb = emb.astype(np.float32)
+    t.mean = _unit(np.add.reduceat(t.emb, t.face_off[:-1], axis=0)).astype(np.float32)
+
+
+def _tracklets(t: SimpleNamespace) -> None:
+    """Tracklets: the unit means of each track's thirds (tracks of >= N_TRACKLETS faces)."""
+    t.has_tl = t.n_faces >= N_TRACKLETS
+    t.tracklets = np.zeros((t.n, N_TRACKLETS, t.d), np.float32)
+    t.members = []
+    for k in range(t.n):
+        parts = np.array_split(np.arange(t.n_faces[k]), N_TRACKLETS)
+        t.members.append([p.tolist() for p in parts] if t.has_tl[k] else [[] for _ in parts])
+        if t.has_tl[k]:
+            t.tracklets[k] = _unit(np.stack([t.emb[t.face_off[k] + p].mean(0) for p in parts]))
+
+
+def _constraints(rng: np.random.Generator, spec: SyntheticSpec, t: SimpleNamespace) -> None:
+    """Validity; cannot-links between the valid tracks of a shot; the hard negative nearest to
+    the anchor tracklet."""
+    n = t.n
+    t.valid = rng.random(n) >= spec.invalid_fraction
+    t.cannot, t.hard = [], []
+    for k in range(n):
+        others = np.flatnonzero((t.shot == t.shot[k]) & (np.arange(n) != k) & t.valid
+                                & t.valid[k])
+        t.cannot.append(t.track_ids[others].tolist())
+        if len(others) and t.has_tl[k]:
+            dist = np.linalg.norm(t.mean[others] - t.tracklets[k, 0], axis=1)
+            t.hard.append(int(t.track_ids[others[np.argmin(dist)]]))
         else:
-            hard.append(None)
-    boxes = np.zeros((len(face_track), 4), np.float32)
-    x0 = 20 + SLOT_STEP * slot[face_track] + rng.uniform(-3, 3, len(face_track))
-    y0 = 60 + rng.uniform(-3, 3, len(face_track))
-    boxes[:] = np.stack([x0, y0, x0 + BOX_W, y0 + BOX_H], axis=1)
-    face_lists = lambda values: _lists(face_off, values)
-    nf = len(face_track)
-    columns = {
+            t.hard.append(None)
+
+
+def _columns(title_id: str, t: SimpleNamespace) -> dict:
+    """The shard's columns (Arrow arrays) of the generated title ``t``."""
+    n, d, nf = t.n, t.d, len(t.face_track)
+    face_lists = lambda values: _lists(t.face_off, values)      # noqa: E731
+    return {
         "title_id": pa.array([title_id] * n, pa.string()),
-        "track_id": pa.array(track_ids, pa.int64()),
-        "shot_id": pa.array(shot, pa.int32()),
-        "n_faces": pa.array(n_faces, pa.int32()),
-        "frame_idx": face_lists(pa.array(frames, pa.int32())),
-        "timestamps": face_lists(pa.array(frames / FPS, pa.float64())),
-        "boxes": face_lists(_fsl(boxes, 4)),
-        **_interpolated(frames, boxes, face_off),
+        "track_id": pa.array(t.track_ids, pa.int64()),
+        "shot_id": pa.array(t.shot, pa.int32()),
+        "n_faces": pa.array(t.n_faces, pa.int32()),
+        "frame_idx": face_lists(pa.array(t.frames, pa.int32())),
+        "timestamps": face_lists(pa.array(t.frames / FPS, pa.float64())),
+        "boxes": face_lists(_fsl(t.boxes, 4)),
+        **_interpolated(t.frames, t.boxes, t.face_off),
         "landmarks": face_lists(_fsl(np.zeros((nf, 10), np.float32), 10)),
         "det_score": face_lists(pa.array(np.full(nf, 0.9, np.float32))),
         "face_size": face_lists(pa.array(np.full(nf, BOX_W, np.float32))),
         "blur": face_lists(pa.array(np.full(nf, 100.0, np.float32))),
-        "embeddings": face_lists(_fsl(emb, d)),
-        "mean_embedding": _fsl(mean, d),
+        "embeddings": face_lists(_fsl(t.emb, d)),
+        "mean_embedding": _fsl(t.mean, d),
         "tracklets": pa.FixedSizeListArray.from_arrays(
-            _fsl(tracklets.reshape(-1, d), d), N_TRACKLETS, mask=pa.array(~has_tl)),
-        "tracklet_members": pa.array(members, pa.list_(pa.list_(pa.int32()))),
+            _fsl(t.tracklets.reshape(-1, d), d), N_TRACKLETS, mask=pa.array(~t.has_tl)),
+        "tracklet_members": pa.array(t.members, pa.list_(pa.list_(pa.int32()))),
         "crops": pa.array([[]] * n, pa.list_(pa.binary())),          # synthetic: no images
         "crop_positions": pa.array([[]] * n, pa.list_(pa.int32())),
-        "cannot_link": pa.array(cannot, pa.list_(pa.int64())),
-        "hard_negative": pa.array(hard, pa.int64()),
+        "cannot_link": pa.array(t.cannot, pa.list_(pa.int64())),
+        "hard_negative": pa.array(t.hard, pa.int64()),
         "track_quality": pa.array(np.ones(n, np.float32)),
-        "is_valid": pa.array(valid),
-        "invalid_reason": pa.array([None if v else "short" for v in valid], pa.string()),
+        "is_valid": pa.array(t.valid),
+        "invalid_reason": pa.array([None if v else "short" for v in t.valid], pa.string()),
     }
-    schema = shard_schema(d)
-    meta = dict(title_id=title_id, source_uri=f"synthetic://{title_id}.mp4", fps=FPS, width=1280,
-                height=720, frame_count=int(start.max() + spec.shot_frames), backend="synthetic",
-                detector_file="", detector_sha256="", embedder_file="", embedder_sha256="",
-                embedding_dim=d, pipeline_version=PIPELINE_VERSION, config_hash="synthetic",
-                shot_boundaries=sorted(set(start.tolist())))
-    table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema},
-                                 schema=with_metadata(schema, meta))
-    if not labels:
-        return table, [], []
-    names = [f"id{seed}_{i}" for i in range(spec.n_identities)]
-    track_rows = [(title_id, int(track_ids[t]), names[ident[t]]) for t in range(n)]
-    box_rows = [(f"{title_id}.mp4", int(frames[f]), *map(float, boxes[f]), names[ident[face_track[f]]])
-                for f in range(nf)]
-    return table, track_rows, box_rows
 
 
 def _interpolated(frames: np.ndarray, boxes: np.ndarray, face_off: np.ndarray) -> dict:
