@@ -14,8 +14,8 @@ from harvest.dataset import schema as S
 from harvest.dataset import storage
 from harvest.tables import RULE, text_table
 
-STAT_COLUMNS = ["n_faces", "is_valid", "cannot_link", "hard_negative", "tracklets",
-                "mean_embedding"]
+STAT_COLUMNS = [S.N_FACES, S.IS_VALID, S.CANNOT_LINK, S.HARD_NEGATIVE, S.TRACKLETS,
+                S.MEAN_EMBEDDING]
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -28,17 +28,17 @@ def shard_stats(fs, path: str) -> dict:
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, columns=STAT_COLUMNS)
     n = table.num_rows
-    faces = table.column("n_faces").to_numpy()
-    degree = pc.list_value_length(table.column("cannot_link")).to_numpy(zero_copy_only=False)
+    faces = table.column(S.N_FACES).to_numpy()
+    degree = pc.list_value_length(table.column(S.CANNOT_LINK)).to_numpy(zero_copy_only=False)
     return {
         "tracks": n,
-        "valid": int(np.sum(table.column("is_valid").to_numpy(zero_copy_only=False))),
+        "valid": int(np.sum(table.column(S.IS_VALID).to_numpy(zero_copy_only=False))),
         "faces/track mean": f"{faces.mean():.1f}" if n else "-",
         "faces/track median": f"{np.median(faces):g}" if n else "-",
-        "D": table.schema.field("mean_embedding").type.list_size,
+        "D": table.schema.field(S.MEAN_EMBEDDING).type.list_size,
         "cl degree mean": f"{degree.mean():.2f}" if n else "-",
-        "hard negatives": n - table.column("hard_negative").null_count,
-        "tracklets": n - table.column("tracklets").null_count,
+        "hard negatives": n - table.column(S.HARD_NEGATIVE).null_count,
+        "tracklets": n - table.column(S.TRACKLETS).null_count,
         "size": human_size(size),
         "_size": size, "_faces": int(faces.sum()),
     }

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harvest.config import PIPELINE_VERSION
+from harvest.dataset import schema as S
 from harvest.dataset.schema import (JPEG_QUALITY, N_TRACKLETS, TITLE_COLUMNS, shard_schema,
                                     with_metadata)
 from harvest.miners import Tracklets
@@ -87,10 +88,10 @@ def decode_crop(data: bytes) -> np.ndarray | None:
     return img[..., ::-1]
 
 
-_PER_FACE = ("frame_idx", "timestamps", "boxes", "landmarks", "det_score", "face_size", "blur",
-             "embeddings")
-_INTERP = ("interp_frame_idx", "interp_boxes")
-_TYPES = {"frame_idx": np.int32, "timestamps": np.float64}
+_PER_FACE = (S.FRAME_IDX, S.TIMESTAMPS, S.BOXES, S.LANDMARKS, S.DET_SCORE, S.FACE_SIZE, S.BLUR,
+             S.EMBEDDINGS)
+_INTERP = (S.INTERP_FRAME_IDX, S.INTERP_BOXES)
+_TYPES = {S.FRAME_IDX: np.int32, S.TIMESTAMPS: np.float64}
 
 
 def spill_schema(dim: int) -> pa.Schema:
@@ -122,20 +123,20 @@ def track_table(rows: list[TrackRow], dim: int) -> pa.Table:
     vectors = np.stack([np.zeros((N_TRACKLETS, dim), np.float32) if r.tracklets.vectors is None
                         else r.tracklets.vectors for r in rows])
     columns = {
-        "track_id": pa.array([r.track_id for r in rows], pa.int64()),
-        "shot_id": pa.array([r.shot_id for r in rows], pa.int32()),
-        "n_faces": pa.array([len(r.frame_idx) for r in rows], pa.int32()),
+        S.TRACK_ID: pa.array([r.track_id for r in rows], pa.int64()),
+        S.SHOT_ID: pa.array([r.shot_id for r in rows], pa.int32()),
+        S.N_FACES: pa.array([len(r.frame_idx) for r in rows], pa.int32()),
         **{name: _ragged([getattr(r, name) for r in rows], schema.field(name))
            for name in _PER_FACE + _INTERP},
-        "mean_embedding": _fixed(np.stack([r.mean_embedding for r in rows]), dim),
-        "tracklets": pa.FixedSizeListArray.from_arrays(
+        S.MEAN_EMBEDDING: _fixed(np.stack([r.mean_embedding for r in rows]), dim),
+        S.TRACKLETS: pa.FixedSizeListArray.from_arrays(
             _fixed(vectors.reshape(-1, dim), dim), N_TRACKLETS, mask=pa.array(nulls, pa.bool_())),
-        "tracklet_members": pa.array([r.tracklets.members for r in rows],
+        S.TRACKLET_MEMBERS: pa.array([r.tracklets.members for r in rows],
                                      pa.list_(pa.list_(pa.int32()))),
-        "crops": pa.array([r.crops for r in rows], pa.list_(pa.binary())),
-        "crop_positions": pa.array([np.asarray(r.crop_positions, np.int32) for r in rows],
+        S.CROPS: pa.array([r.crops for r in rows], pa.list_(pa.binary())),
+        S.CROP_POSITIONS: pa.array([np.asarray(r.crop_positions, np.int32) for r in rows],
                                    pa.list_(pa.int32())),
-        "track_quality": pa.array([r.track_quality for r in rows], pa.float32()),
+        S.TRACK_QUALITY: pa.array([r.track_quality for r in rows], pa.float32()),
     }
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
@@ -240,11 +241,11 @@ def write_shard_file(spill: SpillWriter, title: TitleColumns, title_id: str, met
             rows = pa.concat_tables(tables).take(pa.array(index))
             hn = title.hard_negative[start:stop]
             extra = {
-                "title_id": pa.array([title_id] * len(ids), pa.string()),
-                "cannot_link": pa.array(title.cannot_link[start:stop], pa.list_(pa.int64())),
-                "hard_negative": pa.array(hn, pa.int64(), mask=hn < 0),
-                "is_valid": pa.array(title.is_valid[start:stop], pa.bool_()),
-                "invalid_reason": pa.array(title.invalid_reason[start:stop], pa.string()),
+                S.TITLE_ID: pa.array([title_id] * len(ids), pa.string()),
+                S.CANNOT_LINK: pa.array(title.cannot_link[start:stop], pa.list_(pa.int64())),
+                S.HARD_NEGATIVE: pa.array(hn, pa.int64(), mask=hn < 0),
+                S.IS_VALID: pa.array(title.is_valid[start:stop], pa.bool_()),
+                S.INVALID_REASON: pa.array(title.invalid_reason[start:stop], pa.string()),
             }
             cols = [extra[f.name] if f.name in extra else rows.column(f.name) for f in schema]
             table = pa.Table.from_arrays(cols, schema=schema)

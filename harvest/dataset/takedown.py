@@ -72,18 +72,18 @@ def hard_negatives(track_ids, means: np.ndarray, anchors: np.ndarray, links: lis
 def title_constraints(table: pa.Table, gone: set) -> dict:
     """For the tracks of ``table`` (at least track_id, mean_embedding, tracklets, cannot_link)
     not in ``gone``: track_id -> (cannot_link without ``gone``, re-chosen hard negative)."""
-    ids = table["track_id"].to_numpy()
+    ids = table[S.TRACK_ID].to_numpy()
     keep = ~np.isin(ids, np.fromiter(gone, np.int64, len(gone)))
     t = table.filter(pa.array(keep))
-    ids = t["track_id"].to_numpy()
+    ids = t[S.TRACK_ID].to_numpy()
     dim = S.embedding_dim(t.schema)
-    means = _rows(t["mean_embedding"], dim)
+    means = _rows(t[S.MEAN_EMBEDDING], dim)
     anchors = means.copy()
-    tl = t["tracklets"].combine_chunks()
+    tl = t[S.TRACKLETS].combine_chunks()
     has = tl.is_valid().to_numpy(zero_copy_only=False)
     if has.any():
         anchors[has] = _rows(pc.list_element(tl.filter(pa.array(has)), 0), dim)
-    links = [[int(x) for x in (c or []) if int(x) not in gone] for c in t["cannot_link"].to_pylist()]
+    links = [[int(x) for x in (c or []) if int(x) not in gone] for c in t[S.CANNOT_LINK].to_pylist()]
     hard = hard_negatives(ids, means, anchors, links)
     return {int(i): (c, h) for i, c, h in zip(ids, links, hard)}
 
@@ -101,21 +101,21 @@ def rewrite_shard(fs, root: str, path: str, gone: set) -> str:
     row group through a local file, uploaded atomically; -> the new sha256."""
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
-        small = pf.read(columns=["track_id", "mean_embedding", "tracklets", "cannot_link"])
+        small = pf.read(columns=[S.TRACK_ID, S.MEAN_EMBEDDING, S.TRACKLETS, S.CANNOT_LINK])
         fixed = title_constraints(small, gone)
         del small
         schema = _with_removed(pf.schema_arrow, len(gone))
-        cl_i, hn_i = schema.get_field_index("cannot_link"), schema.get_field_index("hard_negative")
+        cl_i, hn_i = schema.get_field_index(S.CANNOT_LINK), schema.get_field_index(S.HARD_NEGATIVE)
         fd, tmp = tempfile.mkstemp(suffix=storage.SHARD_SUFFIX, prefix="takedown-")
         os.close(fd)
         try:
             with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
                 for g in range(pf.num_row_groups):
                     t = pf.read_row_group(g)
-                    t = t.filter(pa.array([int(x) in fixed for x in t["track_id"].to_pylist()]))
+                    t = t.filter(pa.array([int(x) in fixed for x in t[S.TRACK_ID].to_pylist()]))
                     if not t.num_rows:
                         continue
-                    ids = [int(x) for x in t["track_id"].to_pylist()]
+                    ids = [int(x) for x in t[S.TRACK_ID].to_pylist()]
                     t = t.set_column(cl_i, schema.field(cl_i), pa.array(
                         [fixed[i][0] for i in ids], schema.field(cl_i).type))
                     t = t.set_column(hn_i, schema.field(hn_i), pa.array(
@@ -131,12 +131,12 @@ def rewrite_shard(fs, root: str, path: str, gone: set) -> str:
 def shard_counts(fs, path: str) -> dict:
     """The manifest's counts of a shard (as ``harvest validate`` checks them)."""
     with fs.open(path, "rb") as f:
-        t = pq.read_table(f, columns=["is_valid", "n_faces", "cannot_link"])
+        t = pq.read_table(f, columns=[S.IS_VALID, S.N_FACES, S.CANNOT_LINK])
     return dict(tracks=t.num_rows,
-                valid_tracks=int(pc.sum(t["is_valid"]).as_py() or 0),
-                faces=int(pc.sum(t["n_faces"]).as_py() or 0),
+                valid_tracks=int(pc.sum(t[S.IS_VALID]).as_py() or 0),
+                faces=int(pc.sum(t[S.N_FACES]).as_py() or 0),
                 cannot_link_pairs=int(pc.sum(pc.list_value_length(
-                    t["cannot_link"])).as_py() or 0) // 2)
+                    t[S.CANNOT_LINK])).as_py() or 0) // 2)
 
 
 def card_options(text: str) -> dict:
@@ -202,8 +202,8 @@ def remove_tracks(output: str, tracks: dict[str, set[int]], reason: str,
     plan, todo = {}, {}
     for tid in sorted(tracks):
         with fs.open(shards[tid], "rb") as f:
-            t = pq.read_table(f, columns=["track_id", "n_faces"])
-        present = dict(zip(t["track_id"].to_pylist(), t["n_faces"].to_pylist()))
+            t = pq.read_table(f, columns=[S.TRACK_ID, S.N_FACES])
+        present = dict(zip(t[S.TRACK_ID].to_pylist(), t[S.N_FACES].to_pylist()))
         gone = tracks[tid] & set(present)
         faces = sum(int(present[i]) for i in gone)
         before = storage.sha256_file(fs, shards[tid])

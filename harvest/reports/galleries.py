@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 
+from harvest.dataset import schema as S
 from harvest.dataset import storage
 from harvest.reports.page import (BATCH_ROWS, INDEX, MAX_STRIP, TRACKS_PER_PAGE, Writer, css_rgb,
                                   esc, href, identity_colour, page_html, sprite_bytes,
@@ -31,13 +32,13 @@ def representative_thumbs(shard: str, track_ids, borders: dict | None = None) ->
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         for batch in pf.iter_batches(batch_size=BATCH_ROWS,
-                                     columns=["track_id", "n_faces", "crops", "crop_positions"]):
+                                     columns=[S.TRACK_ID, S.N_FACES, S.CROPS, S.CROP_POSITIONS]):
             for row in batch.to_pylist():
-                t = row["track_id"]
+                t = row[S.TRACK_ID]
                 if t not in want:
                     continue
-                pos, crops = row["crop_positions"], row["crops"]
-                best = (int(np.argmin(np.abs(np.asarray(pos) - (row["n_faces"] - 1) / 2)))
+                pos, crops = row[S.CROP_POSITIONS], row[S.CROPS]
+                best = (int(np.argmin(np.abs(np.asarray(pos) - (row[S.N_FACES] - 1) / 2)))
                         if crops else None)
                 out[t] = thumbnail(crops[best] if crops else None, borders.get(t))
     return out

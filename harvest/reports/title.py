@@ -103,20 +103,20 @@ def _track_summaries(pf: pq.ParquetFile) -> dict:
     """Pass 1 (small columns): per track id, shot, first/last frame and time, validity."""
     parts = {k: [] for k in ("track_id", "shot", "n_faces", "first", "last", "t0", "t1", "valid",
                              "reason")}
-    for b in pf.iter_batches(batch_size=4096, columns=["track_id", "shot_id", "n_faces",
-                                                       "frame_idx", "timestamps", "is_valid",
-                                                       "invalid_reason"]):
-        parts["track_id"].append(b.column("track_id").to_numpy())
-        parts["shot"].append(b.column("shot_id").to_numpy())
-        parts["n_faces"].append(b.column("n_faces").to_numpy())
-        first, last = _first_last(b.column("frame_idx"))
+    for b in pf.iter_batches(batch_size=4096, columns=[S.TRACK_ID, S.SHOT_ID, S.N_FACES,
+                                                       S.FRAME_IDX, S.TIMESTAMPS, S.IS_VALID,
+                                                       S.INVALID_REASON]):
+        parts["track_id"].append(b.column(S.TRACK_ID).to_numpy())
+        parts["shot"].append(b.column(S.SHOT_ID).to_numpy())
+        parts["n_faces"].append(b.column(S.N_FACES).to_numpy())
+        first, last = _first_last(b.column(S.FRAME_IDX))
         parts["first"].append(first)
         parts["last"].append(last)
-        t0, t1 = _first_last(b.column("timestamps"))
+        t0, t1 = _first_last(b.column(S.TIMESTAMPS))
         parts["t0"].append(t0)
         parts["t1"].append(t1)
-        parts["valid"].append(b.column("is_valid").to_numpy(zero_copy_only=False))
-        parts["reason"].extend(b.column("invalid_reason").to_pylist())
+        parts["valid"].append(b.column(S.IS_VALID).to_numpy(zero_copy_only=False))
+        parts["reason"].extend(b.column(S.INVALID_REASON).to_pylist())
     return {k: (v if k == "reason" else (np.concatenate(v) if v else np.zeros(0)))
             for k, v in parts.items()}
 
@@ -132,27 +132,27 @@ def _strip(row: dict, title_id: str, page_of: dict, page: int, crops_mode: str |
            writer: Writer) -> str:
     """One track strip: its header (shot, faces, times, validity, links) and crop sprite."""
     from harvest.miners.hard_positive import tracklet_seeds
-    t = row["track_id"]
-    valid = row["is_valid"]
-    n, frames = row["n_faces"], row["frame_idx"]
+    t = row[S.TRACK_ID]
+    valid = row[S.IS_VALID]
+    n, frames = row[S.N_FACES], row[S.FRAME_IDX]
     status = ("valid" if valid else
               f"<span class=bad>invalid: {esc(str(row['invalid_reason'] or '?'))}</span>")
-    links = ", ".join(_track_link(int(o), page_of, page) for o in row["cannot_link"]) or "none"
-    hn = row["hard_negative"]
+    links = ", ".join(_track_link(int(o), page_of, page) for o in row[S.CANNOT_LINK]) or "none"
+    hn = row[S.HARD_NEGATIVE]
     head = (f"<b>track {t}</b> · shot {row['shot_id']} · {n} faces · frames "
             f"{frames[0]}-{frames[-1]}"
             f" · {row['timestamps'][0]:.2f}-{row['timestamps'][-1]:.2f} s · quality "
             f"{row['track_quality']:.3f} · {status} · cannot-link: {links} · hard negative: "
             f"{_track_link(int(hn), page_of, page) if hn is not None else 'none'}")
-    members = row["tracklet_members"] or []
+    members = row[S.TRACKLET_MEMBERS] or []
     where = {}                                     # face position -> tracklet index
     for k, m in enumerate(members):
         where.update({int(p): k for p in m})
     seeds = {}
-    if members and row["crop_positions"]:
-        emb = np.asarray(row["embeddings"].values.flatten(), np.float32).reshape(n, -1)
+    if members and row[S.CROP_POSITIONS]:
+        emb = np.asarray(row[S.EMBEDDINGS].values.flatten(), np.float32).reshape(n, -1)
         seeds = {int(s): k for k, s in enumerate(tracklet_seeds(emb, members))}
-    pos, crops = row["crop_positions"], row["crops"]
+    pos, crops = row[S.CROP_POSITIONS], row[S.CROPS]
     if not crops:
         why = "crops mode none" if crops_mode == "none" else "none in this shard"
         body = f"<div class=none>no crops stored ({why})</div>"
@@ -177,9 +177,9 @@ def _strip(row: dict, title_id: str, page_of: dict, page: int, crops_mode: str |
             f"<div class=meta>{head}</div>{body}</div>")
 
 
-STRIP_COLUMNS = ["track_id", "shot_id", "n_faces", "frame_idx", "timestamps", "embeddings",
-                 "tracklet_members", "crops", "crop_positions", "cannot_link", "hard_negative",
-                 "track_quality", "is_valid", "invalid_reason"]
+STRIP_COLUMNS = [S.TRACK_ID, S.SHOT_ID, S.N_FACES, S.FRAME_IDX, S.TIMESTAMPS, S.EMBEDDINGS,
+                 S.TRACKLET_MEMBERS, S.CROPS, S.CROP_POSITIONS, S.CANNOT_LINK, S.HARD_NEGATIVE,
+                 S.TRACK_QUALITY, S.IS_VALID, S.INVALID_REASON]
 
 
 def title_pages(fs, path: str, record: dict, writer: Writer, tracks_per_page: int) -> dict:
@@ -220,9 +220,9 @@ def title_pages(fs, path: str, record: dict, writer: Writer, tracks_per_page: in
 
         page, strips, row_i = 1, [], 0
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=STRIP_COLUMNS):
-            emb = batch.column("embeddings")
-            for r, row in enumerate(batch.drop_columns(["embeddings"]).to_pylist()):
-                row["embeddings"] = emb[r]            # a ListScalar: read as numpy if needed
+            emb = batch.column(S.EMBEDDINGS)
+            for r, row in enumerate(batch.drop_columns([S.EMBEDDINGS]).to_pylist()):
+                row[S.EMBEDDINGS] = emb[r]            # a ListScalar: read as numpy if needed
                 if row_i // tracks_per_page + 1 != page:
                     flush(page, strips)
                     page, strips = page + 1, []

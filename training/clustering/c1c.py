@@ -35,9 +35,9 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
-from training.clustering.finch import (Result, _prepare, cluster_means, components, first_neighbour_clusters,
-                            first_neighbours, longest_edge, merge_closest, pairwise, relabel,
-                            rowwise)
+from training.clustering.finch import (Result, _prepare, cluster_means, components,
+                                       first_neighbour_clusters, first_neighbours, longest_edge,
+                                       merge_closest, pairwise, record_partition, relabel, rowwise)
 
 BIG = 1000.0
 
@@ -131,15 +131,13 @@ def c1c(data: np.ndarray, must_link=None, cannot_link=None, metric: str = "eucli
         if len(cl_k):
             u, new_count = _cut_violations(means, u, new_count, kappa, cap, metric, cl_k, cannot_k,
                                            weighted)
-        delta = counts[-1] - new_count
-        if new_count == 1 or delta < 1:
+        step = record_partition(labels, u, new_count, parts, counts)
+        if step is None:
             break
-        labels, count = relabel(labels, u), new_count
-        parts.append(labels)
-        counts.append(count)
+        labels, count = step
         cl_k = _carry(cl_k, u)
         history.append(cl_k)
-        if delta == 1:
+        if counts[-2] - count == 1:
             break
     partitions = np.column_stack(parts)
     req = None

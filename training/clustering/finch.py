@@ -250,18 +250,29 @@ def finch(data: np.ndarray, metric: str = "cosine", ensure_early_exit: bool = Tr
         means = cluster_means(x, labels)
         kappa, dist = search(means, metric)
         u, new_count = first_neighbour_clusters(kappa, dist, cap, means, metric, weighted=weighted)
-        delta = counts[-1] - new_count
-        if new_count == 1 or delta < 1:
+        step = record_partition(labels, u, new_count, parts, counts)
+        if step is None:
             break
-        labels, count = relabel(labels, u), new_count
-        parts.append(labels)
-        counts.append(count)
-        if delta == 1:
+        labels, count = step
+        if counts[-2] - count == 1:
             break
     req = None
     if req_clust is not None:
         req = required_clusters(x, np.column_stack(parts), counts, req_clust, metric, search)
     return Result(np.column_stack(parts), counts, req)
+
+
+def record_partition(labels: np.ndarray, u: np.ndarray, new_count: int, parts: list,
+                     counts: list) -> tuple[np.ndarray, int] | None:
+    """FINCH's and C1C's step after a round of merges (``u``: the new node labels, ``new_count``
+    clusters): None when the round merged nothing or everything (the last partition stands),
+    else the new point labels and count, appended to ``parts`` and ``counts``."""
+    if new_count == 1 or counts[-1] - new_count < 1:
+        return None
+    labels = relabel(labels, u)
+    parts.append(labels)
+    counts.append(new_count)
+    return labels, new_count
 
 
 def required_clusters(x, partitions, counts, req_clust, metric,
