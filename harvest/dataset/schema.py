@@ -3,29 +3,9 @@
 A shard is one Parquet file per title, one row per face track. Readers (``training``,
 ``harvest validate``) import the names from here rather than spelling them out.
 
-Shapes (N = faces in the track, D = embedding dimension of the backend):
-    frame_idx        list<int32>                 (N,)   strictly increasing source frame numbers
-    timestamps       list<float64>               (N,)   presentation time of each face's frame, s
-                                                        (non-decreasing; frame_idx / fps when the
-                                                        container gives no timestamps)
-    boxes            list<fixed_size_list<f32,4>>  (N, 4) x1, y1, x2, y2 in display pixels (see decode.py)
-    interp_frame_idx list<int32>                 (M,)   the frames of the track's span with no detection
-                                                        (M = last - first + 1 - N), increasing
-    interp_boxes     list<fixed_size_list<f32,4>>  (M, 4) their boxes, linearly interpolated between
-                                                        the detections around each gap
-    landmarks        list<fixed_size_list<f32,10>> (N, 10) 5 points (x, y) interleaved
-    det_score        list<float32>               (N,)
-    face_size        list<float32>               (N,)   sqrt(box area), display pixels
-    blur             list<float32>               (N,)   variance of Laplacian of the aligned crop
-    embeddings       list<fixed_size_list<f32,D>>  (N, D) unit norm
-    mean_embedding   fixed_size_list<f32,D>      (D,)   unit norm
-    tracklets        fixed_size_list<fixed_size_list<f32,D>,3>, nullable: anchor, p1, p2 (unit norm)
-    tracklet_members list<list<int32>>           3 lists of positions into the track's faces
-    crops            list<binary>                (C,)   aligned S x S RGB face crops, JPEG
-                                                        (quality JPEG_QUALITY; S = crop_size)
-    crop_positions   list<int32>                 (C,)   positions into the track's faces, ascending
-    cannot_link      list<int64>                 track_ids of the same title sharing a frame
-    hard_negative    int64, nullable             a track_id inside cannot_link
+Each column's type is :func:`shard_schema`'s and its meaning :data:`COLUMN_DESCRIPTIONS`'s (the
+dataset card prints both); docs/schema.md explains them at length, with shapes (N faces, M
+interpolated frames, C crops, D the backend's embedding size).
 
 Face crops live in the track's own row (not a side file), so a title stays one atomically
 written shard. Which faces have a crop is the ``crops`` mode (file metadata, CROP_METADATA):
