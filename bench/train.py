@@ -396,12 +396,13 @@ def main(argv=None) -> None:
             return rates_main(argv[1], argv[2], int(argv[3]))
         return run_main(argv[1], argv[2], argv[3], int(argv[4]), "--gpu" in argv)
     sys.path.insert(0, _root_from_argv(argv))
-    mode = argv[0] if argv and argv[0] in ("mining", "raydata") else None
-    argv = argv[1:] if mode else argv
     from training import registry   # imported here: the children's RSS stays their own
     p = argparse.ArgumentParser()
-    p.add_argument("--tracks", nargs="+", type=int,
-                   default=[20_000] if mode == "raydata" else [169_400, 1_000_000])
+    p.add_argument("mode", nargs="?", choices=("mining", "raydata"),
+                   help="mining: SSiam/TSiam miners against the dense reference; raydata: Ray "
+                        "Data against the own reader; none: the three rates per head and size")
+    p.add_argument("--tracks", nargs="+", type=int, default=None,
+                   help="sizes (default: 169400 1000000; raydata: 20000)")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--heads", nargs="+", default=["bcl", "imptriplet", "mvcorr"],
                    choices=sorted(registry.HEADS), help="heads at the smallest size (the "
@@ -419,9 +420,11 @@ def main(argv=None) -> None:
     p.add_argument("--draw", type=int, default=3000, help="mining: faces drawn per batch")
     p.add_argument("--batches", type=int, default=6, help="mining: draws per title size")
     args = p.parse_args(argv)
-    if mode == "mining":
+    if args.tracks is None:
+        args.tracks = [20_000] if args.mode == "raydata" else [169_400, 1_000_000]
+    if args.mode == "mining":
         return mining(args)
-    if mode == "raydata":
+    if args.mode == "raydata":
         return raydata(args)
     bench(args)
 
