@@ -18,10 +18,10 @@ The packages are the layers, each importing only the ones above it in this list:
     reports/   HTML and text reports of a harvest (and the galleries training draws)
     cli.py     the ``harvest`` command; ``console.py``: every console script's entry point
 
-Two imports run back up, both inside a function of ``faces``: a photo is embedded with a
-``HarvestConfig``'s settings (``faces.photo``), and a remote model pack is staged with the
-dataset layer's fsspec helpers (``faces.registry``). ``config`` itself checks backend and reader
-names against the registries of ``faces`` and ``video``. ``samples.py`` (the bundled demo titles) stands apart.
+Two imports run against this order, both inside a function: ``HarvestConfig`` checks backend
+and reader names against the registries of ``faces`` and ``video``, and ``faces.registry``
+stages a remote model pack with the dataset layer's fsspec helpers. ``samples.py`` (the bundled
+demo titles) stands apart.
 ``harvest`` never imports ``training``.
 """
 from harvest.config import PIPELINE_VERSION as __version__  # noqa: F401
