@@ -242,6 +242,23 @@ def test_miners_on_short_neighbour_lists_match_brute_force(seed, monkeypatch):
     assert pairs_list(got) == brute_tsiam(x[idx], track[idx], rel.toarray(), idx, 23)
 
 
+def test_a_title_above_the_list_limit_is_mined_per_draw(monkeypatch):
+    """Past ``LIST_MAX_FACES`` a title gets no neighbour lists (their O(F^2 D) would cost more
+    than mining each draw): no lists, no matrix, and the pairs are still the brute force's."""
+    monkeypatch.setattr(fd, "LIST_MAX_FACES", 100)
+    rng = np.random.default_rng(3)
+    t = _title(rng, 300, 3, grid=True)
+    x, track, rel = t["x"], t["track"], t["rel"]
+    idx = rng.integers(0, len(x), 150)
+    ssiam = sm.FaceDistances(x, draw=150, cache_mb=0)
+    tsiam = sm.FaceDistances(x, draw=150, cache_mb=0, track=track, negatives=rel)
+    assert ssiam.near is None and ssiam.full is None and tsiam.related is None
+    xs, fr = torch.from_numpy(x[idx]), torch.from_numpy(idx)
+    assert pairs_list(sm.ssiam_pairs(xs, 23, fr, ssiam)) == brute_ssiam(x[idx], 23)
+    got = sm.tsiam_pairs(xs, torch.from_numpy(track[idx]), rel, fr, 23, tsiam)
+    assert pairs_list(got) == brute_tsiam(x[idx], track[idx], rel.toarray(), idx, 23)
+
+
 @pytest.mark.parametrize("head", ["ssiam", "tsiam"])
 def test_frame_kinds_mine_from_lists_as_from_the_title_matrix(head):
     """The frame kinds' prepared lists (float32 screening, exact float64 distances) give the

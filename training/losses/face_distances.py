@@ -10,11 +10,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 BLOCK_ROWS = 256          # distinct frames mined per block: (BLOCK_ROWS, U) float64 at a time
 CACHE_MB = 256            # a title's whole float64 distance matrix is kept when it fits this
 LIST_MIN, LIST_DRAWS = 32, 8   # neighbour lists: max(LIST_MIN, LIST_DRAWS * F / draw) faces
+# Lists cost O(F^2 D) per title; without them an epoch mines ceil(F / pairs) draws of U <= draw
+# distinct frames, O(F U^2 D / pairs): the lists stop paying near F = U^2 / pairs (about 70,000
+# faces at draw 3000, 128 pairs). Above this many faces a title gets no lists.
+LIST_MAX_FACES = 50_000
 _U32 = 2.0 ** -24         # float32 unit roundoff
 
 
@@ -76,7 +81,8 @@ class FaceDistances:
     """Exact float64 Euclidean distances among the F faces ``x`` (F, D) of one title.
 
     ``block(rows, cols)`` -> (len(rows), len(cols)) distances between faces ``rows`` and
-    ``cols``. With ``draw`` (faces per draw) the title's neighbour lists are made once
+    ``cols``. With ``draw`` (faces per draw) and at most :data:`LIST_MAX_FACES` faces, the
+    title's neighbour lists are made once
     (:class:`Lists`, O(F^2 D) in float32, then exact float64 for the listed faces): SSiam's
     nearest and farthest faces (``near``, ``far``), or with ``track`` (F,) and TSiam's
     ``negatives`` the nearest faces of related tracks (``related``); a miner then answers
@@ -93,14 +99,15 @@ class FaceDistances:
         n = len(self.x)
         self.full = self.near = self.far = self.related = None
         self.negatives = negatives
-        if draw and n:
+        if draw and 0 < n <= LIST_MAX_FACES:
             width = min(n, max(LIST_MIN, -(-LIST_DRAWS * n // int(draw))))
             if negatives is None:
                 self.near, self.far = self._lists(width, (1, -1))
             else:
-                rel = np.asarray(negatives.toarray(), bool)
+                rel = sp.csr_matrix(negatives, dtype=bool)      # (T, T), never made dense
                 track = np.asarray(track, np.int64)
-                (self.related,) = self._lists(width, (1,), lambda rows: rel[track[rows]][:, track])
+                (self.related,) = self._lists(
+                    width, (1,), lambda rows: rel[track[rows]][:, track].toarray())
         elif n * n * 8 <= cache_mb * 2 ** 20:
             self.full = _sqdist(self.x, self.sq, self.x, self.sq)
 
