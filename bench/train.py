@@ -5,7 +5,7 @@ per method at 1K/10K/100K tracks: ``bench/cluster.py``.
 
     python bench/train.py [--tracks 169400 1000000] [--heads bcl imptriplet mvcorr]
                           [--large-heads bcl mvcorr] [--workers 2] [--dim 512] [--workdir DIR]
-                          [--root CHECKOUT]
+                          [--rate-runs 3] [--root CHECKOUT]
     python bench/train.py mining [--faces 1125 4000 9000] [--draw 3000] [--dim 512] [--batches 4]
     python bench/train.py raydata [--tracks 20000] [--dim 512]
 
@@ -13,10 +13,18 @@ Per head and size (every rate in samples per second *per worker*):
 
 * data: rank 0's share of epoch 1, streamed exactly as the train loop gets it
   (``training.train.worker_batches``: read, samples, batches, collated, prefetch thread) with
-  no model, in a child process;
+  no model, in a child process pinned to one CPU (a worker's share). The pass is made twice
+  and the second timed, as every epoch after a worker's first; the first, which also pays the
+  process's first touches of its memory, is printed beside it. The median of ``--rate-runs``
+  fresh children (3 by default: one 2-5 s run on this shared 2-core machine lands anywhere
+  between about 0.4x and 1x of the best);
 * model: forward + backward + SGD step of the head's objective on one collated batch of the
   head's batch size already in memory, on one thread (what a Ray Train worker with one CPU
   gets), in the same child;
+* model under DDP: the same step in ``--workers`` processes at once under DDP (gloo, one
+  thread each) on that in-memory batch: the model with the epoch's collectives and the
+  machine shared as in the epoch, but no data path (so epoch / model under DDP is what the
+  data path costs the epoch);
 * epoch: one real epoch (after the initial validation pass) with ``--workers`` Ray Train
   workers on a fresh local Ray, driven by another child: training samples / epoch seconds /
   workers.
@@ -42,6 +50,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +96,8 @@ def _split(shards: str, workers: int):
 
 
 def rates_main(head: str, shards: str, workers: int) -> None:
-    """Data path alone and model alone (one process, one thread) -> one ``RATES`` line."""
+    """Data path alone and model alone (one process on one CPU, one torch thread), then the
+    model under DDP (``workers`` processes, every CPU) -> one ``RATES`` line."""
     import numpy as np
     import torch
 
@@ -103,6 +113,8 @@ def rates_main(head: str, shards: str, workers: int) -> None:
     except ImportError:          # an older checkout (--root): its loop collated in the step
         worker_batches = None
     torch.set_num_threads(1)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cpus)})    # one CPU, a worker's share (threads made later too)
     spec = registry.get(head)
     hp, kind = spec.hparams(), spec.samples
     train, val = _split(shards, workers)
@@ -118,12 +130,16 @@ def rates_main(head: str, shards: str, workers: int) -> None:
             iter_titles((i["path"] for i in share), kind.columns), kind, hp["batch_size"], rng,
             None, hp))
 
-    t0, n, largest = time.perf_counter(), 0, None
-    for tensors, k in batches():
-        n += k
-        if largest is None or k > largest[1]:
-            largest = (tensors, k)
-    data_s = time.perf_counter() - t0
+    state, seconds = rng.bit_generator.state, []
+    for _ in range(2):          # epoch 1's pass, then the same pass again (every later epoch)
+        rng.bit_generator.state = state
+        t0, n, largest = time.perf_counter(), 0, None
+        for tensors, k in batches():
+            n += k
+            if largest is None or k > largest[1]:
+                largest = (tensors, k)
+        seconds.append(time.perf_counter() - t0)
+    data_first_s, data_s = seconds
 
     batch, size = largest                   # a batch of the head's size (the largest seen)
     obj = Objective(head, next(iter(batch.values())).shape[-1], hp.get("model_kwargs"))
@@ -141,8 +157,67 @@ def rates_main(head: str, shards: str, workers: int) -> None:
         step()
         steps += 1
     model_s = (time.perf_counter() - t0) / steps
-    print("RATES " + json.dumps(dict(data_samples=n, data_seconds=data_s, model_batch=size,
-                                     model_step_seconds=model_s)), flush=True)
+    os.sched_setaffinity(0, cpus)           # the DDP processes share the machine as in the epoch
+    ddp_s = _ddp_step_seconds(head, batch, workers, max(5, int(3.0 / model_s) + 1))
+    print("RATES " + json.dumps(dict(data_samples=n, data_seconds=data_s,
+                                     data_first_seconds=data_first_s, model_batch=size,
+                                     model_step_seconds=model_s, ddp_step_seconds=ddp_s)),
+          flush=True)
+
+
+def _ddp_step_seconds(head: str, batch: dict, workers: int, steps: int) -> float:
+    """Seconds per step of ``workers`` processes training the head under DDP (gloo, one
+    thread each, as Ray Train's CPU workers) on the same in-memory batch: the model's rate
+    with the epoch's collectives and the machine shared as in the epoch, but no data path."""
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(batch, os.path.join(tmp, "batch.pt"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_ddp_rank, args=(workers, head, tmp, port, steps), nprocs=workers)
+        with open(os.path.join(tmp, "seconds")) as f:
+            return float(f.read())
+
+
+def _ddp_rank(rank: int, world: int, head: str, tmp: str, port: int, steps: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from training import registry
+    from training.objective import Objective
+    from training.train import make_optimizer
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        hp = registry.get(head).hparams()
+        batch = torch.load(os.path.join(tmp, "batch.pt"))
+        torch.manual_seed(hp["seed"])
+        obj = Objective(head, next(iter(batch.values())).shape[-1], hp.get("model_kwargs"))
+        opt = make_optimizer(obj, hp)
+        model = torch.nn.parallel.DistributedDataParallel(obj)
+        model.train()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            model(batch).backward()
+            opt.step()
+        for _ in range(2):
+            step()
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        dist.barrier()
+        if rank == 0:
+            with open(os.path.join(tmp, "seconds"), "w") as f:
+                f.write(str((time.perf_counter() - t0) / steps))
+    finally:
+        dist.destroy_process_group()
 
 
 def run_main(head: str, shards: str, out: str, workers: int, gpu: bool) -> None:
@@ -185,8 +260,14 @@ def bench(args) -> None:
                       f"in {time.perf_counter() - t0:.1f}s, writer peak RSS {writer_rss:.0f} MiB",
                       flush=True)
             for head in heads:
-                out, rates_rss = _child(["rates", head, shards, str(args.workers)], root)
-                r = _line(out, "RATES")
+                runs = []
+                for _ in range(max(args.rate_runs, 1)):     # one 2-5 s run is noisy here
+                    out, rates_rss = _child(["rates", head, shards, str(args.workers)], root)
+                    runs.append(_line(out, "RATES"))
+                r = dict(runs[0], **{k: statistics.median(x[k] for x in runs) for k in (
+                    "data_seconds", "data_first_seconds", "model_step_seconds",
+                    "ddp_step_seconds")})
+                spread = sorted(round(x["data_samples"] / x["data_seconds"]) for x in runs)
                 t0 = time.perf_counter()
                 out, driver_rss = _child(["run", head, shards, os.path.join(set_root, "runs"),
                                           str(args.workers)] + (["--gpu"] if args.gpu else []),
@@ -199,14 +280,22 @@ def bench(args) -> None:
                            epoch_samples_per_s=round(m["train_samples"] / m["seconds"]
                                                      / args.workers),
                            driver_peak_mib=round(driver_rss), worker_peak_mib=round(
-                               m["worker_peak_rss_mb"]))
+                               m["worker_peak_rss_mb"]),
+                           model_ddp_samples_per_s=round(r["model_batch"]
+                                                         / r["ddp_step_seconds"]),
+                           data_first_pass_samples_per_s=round(r["data_samples"]
+                                                               / r["data_first_seconds"]))
                 rows.append(row)
                 print(f"{tracks:>9} tracks {head:10s}: data {row['data_samples_per_s']:,}/s "
-                      f"({r['data_samples']} samples, peak RSS {rates_rss:.0f} MiB), model "
+                      f"({r['data_samples']} samples, median of {spread}; the process's first "
+                      f"pass {row['data_first_pass_samples_per_s']:,}/s; peak RSS "
+                      f"{rates_rss:.0f} MiB), model "
                       f"{row['model_samples_per_s']:,}/s (batch {r['model_batch']}), epoch "
                       f"{m['seconds']:.1f}s = {row['epoch_samples_per_s']:,}/s per worker "
                       f"({m['train_samples']} samples; epoch/model "
-                      f"{row['epoch_samples_per_s'] / row['model_samples_per_s']:.2f}), val "
+                      f"{row['epoch_samples_per_s'] / row['model_samples_per_s']:.2f}; model "
+                      f"under DDP {row['model_ddp_samples_per_s']:,}/s, epoch / that "
+                      f"{row['epoch_samples_per_s'] / row['model_ddp_samples_per_s']:.2f}), val "
                       f"{m['val_seconds']:.1f}s, peak RSS driver {driver_rss:.0f} MiB, worker "
                       f"{m['worker_peak_rss_mb']:.0f} MiB; run {time.perf_counter() - t0:.0f}s",
                       flush=True)
@@ -216,13 +305,15 @@ def bench(args) -> None:
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| tracks | head | data /s | model /s | epoch /s | epoch / model | driver peak MiB "
-          "| worker peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| tracks | head | data /s | model /s | epoch /s | epoch / model | model under DDP /s "
+          "| epoch / model under DDP | driver peak MiB | worker peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tracks']:,} | {r['head']} | {r['data_samples_per_s']:,} | "
               f"{r['model_samples_per_s']:,} | {r['epoch_samples_per_s']:,} | "
               f"{r['epoch_samples_per_s'] / r['model_samples_per_s']:.2f} | "
+              f"{r['model_ddp_samples_per_s']:,} | "
+              f"{r['epoch_samples_per_s'] / r['model_ddp_samples_per_s']:.2f} | "
               f"{r['driver_peak_mib']} | {r['worker_peak_mib']} |")
     for r in rows:      # the output ends with one JSON line per measured run
         print(json.dumps(r))
@@ -410,6 +501,8 @@ def main(argv=None) -> None:
     p.add_argument("--large-heads", nargs="+", default=["bcl", "mvcorr"],
                    help="heads at the larger sizes")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rate-runs", type=int, default=3,
+                   help="fresh processes measuring the data and model rates (their median)")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--workdir", help="where shard sets go (default: a new dir under /tmp); an "
                    "existing set_<tracks>/shards there is reused")

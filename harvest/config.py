@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 #: the version of the code that shapes a shard: in every shard's metadata and config hash
-PIPELINE_VERSION = "1.3.0"
+PIPELINE_VERSION = "1.4.0"
 #: what ``HarvestConfig.crops`` may be: no face crops, a sample per track, or every face's
 CROP_MODES = ("none", "sample", "all")
 

@@ -234,7 +234,7 @@ def test_card_of_an_output_without_shards(tmp_path):
     assert "No shard has been written yet." in section(body, "Harvest configuration")
     rows = {r[0].strip("`"): r for r in table_rows(section(body, "Schema"))}
     assert list(rows) == S.shard_schema(8).names
-    assert re.fullmatch(r"`fixed_size_list<\w+: float>\[D\]`", rows["mean_embedding"][1])
+    assert re.fullmatch(r"`fixed_size_list<\w+: float not null>\[D\]`", rows["mean_embedding"][1])
 
 
 # --- what the card declares follows from what the shards hold (no Ray: synthetic shards) ---------

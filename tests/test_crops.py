@@ -67,7 +67,7 @@ def test_all_stores_every_face_as_its_realigned_crop(shards, backend):
     from harvest.dataset.shard import decode_crop
     from harvest.dataset.validate import validate_table
     table, meta = shards["all"]
-    assert read_metadata(table.schema)["pipeline_version"] == PIPELINE_VERSION == "1.3.0"
+    assert read_metadata(table.schema)["pipeline_version"] == PIPELINE_VERSION == "1.4.0"
     assert validate_table(table) == []
     n_faces = table.column("n_faces").to_pylist()
     positions = table.column("crop_positions").to_pylist()

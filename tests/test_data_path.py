@@ -283,3 +283,25 @@ def test_frame_kinds_mine_from_lists_as_from_the_title_matrix(head):
         for k in want:
             assert torch.equal(got[k], want[k]), k
 
+
+
+def test_a_shard_read_in_row_batches_equals_the_whole_read(tmp_path):
+    """``read_title`` decodes READ_BATCH_ROWS rows at a time: the same table (and the same lazy
+    column) as one whole read, for a shard of several batches and for an empty one."""
+    import training.data.shards as shards
+    from harvest.dataset.schema import parquet_options
+    paths = write_dataset(str(tmp_path), 1, SyntheticSpec(dim=16, tracks_per_title=600,
+                                                          faces_per_track=(3, 5)), labels=False)
+    path = str(tmp_path / "shards" / "title000.parquet")
+    assert paths["shards"] and pq.ParquetFile(path).metadata.num_rows == 600 > shards.READ_BATCH_ROWS
+    kind = registry.get("imptriplet").samples
+    got = shards.read_title(path, kind.columns)
+    want = pq.read_table(path, columns=list(kind.columns))
+    assert got.select(want.column_names).equals(want)
+    assert got[0].num_chunks > 1                      # it was read in batches
+    lazy = shards.Columns(["track_id"], [(MEAN_EMBEDDING, lambda t: True)])
+    assert shards.read_title(path, lazy)[MEAN_EMBEDDING].equals(
+        pq.read_table(path, columns=[MEAN_EMBEDDING])[MEAN_EMBEDDING])
+    empty = pq.read_table(path).slice(0, 0)
+    pq.write_table(empty, tmp_path / "empty.parquet", **parquet_options(empty.schema))
+    assert shards.read_title(str(tmp_path / "empty.parquet"), kind.columns).num_rows == 0

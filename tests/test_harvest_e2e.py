@@ -86,6 +86,15 @@ def test_crowd_shard_is_valid_with_cannot_links(insight_run, capsys):
     assert min(spans) >= 1.0                                                  # paper: >= 1 s
     assert any(h is not None for h in valid.column("hard_negative").to_pylist())
     assert all(t is not None for t in valid.column("tracklets").to_pylist())
+    # encoded as S.parquet_options says: float columns byte-stream-split, no float dictionary
+    md = pq.ParquetFile(out / "shards" / f"{rec['title_id']}.parquet").metadata.row_group(0)
+    chunks = {md.column(i).path_in_schema: md.column(i) for i in range(md.num_columns)}
+    for path in ("embeddings.list.element.list.element", "tracklets.list.element.list.element",
+                 "mean_embedding.list.element", "boxes.list.element.list.element"):
+        assert "BYTE_STREAM_SPLIT" in chunks[path].encodings, path
+        assert "RLE_DICTIONARY" not in chunks[path].encodings, path
+        assert chunks[path].compression == "ZSTD"
+    assert "RLE_DICTIONARY" in chunks["track_id"].encodings
 
 
 def face_identity(truth, frame, box):

@@ -87,6 +87,20 @@ def test_valid_table_is_clean():
     assert validate_table(_table(_rows()), min_track_frames=10) == []
 
 
+def test_a_shard_of_an_earlier_version_with_nullable_vector_values_still_checks():
+    """Before 1.4.0 a vector's float values were declared nullable; only that differs."""
+    table = _table(_rows())
+    older = pa.schema([pa.field(f.name, S.loose_type(f.type), f.nullable) for f in table.schema],
+                      metadata=table.schema.metadata)
+    assert older.field("embeddings").type != table.schema.field("embeddings").type
+    assert validate_table(table.cast(older)) == []
+    wrong = pa.schema([pa.field(f.name, pa.list_(pa.float64(), D) if f.name == "mean_embedding"
+                                else f.type, f.nullable) for f in table.schema],
+                      metadata=table.schema.metadata)
+    assert any("mean_embedding" in p for p in validate_table(
+        pa.Table.from_pylist(_rows(), schema=wrong)))
+
+
 def _set(i, key, value):
     def f(rows):
         rows[i][key] = value

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harvest.config import PIPELINE_VERSION
-from harvest.dataset.schema import N_TRACKLETS, shard_schema, with_metadata
+from harvest.dataset.schema import (N_TRACKLETS, parquet_options, shard_schema, vector_type,
+                                    with_metadata)
 from harvest.vectors import l2_normalize
 
 BOX_W, BOX_H, SLOT_STEP = 80.0, 80.0, 150.0
@@ -45,7 +46,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _fsl(values: np.ndarray, size: int) -> pa.Array:
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), size)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()),
+                                             type=vector_type(size))
 
 
 def _lists(offsets: np.ndarray, values: pa.Array) -> pa.Array:
@@ -214,7 +216,8 @@ def write_dataset(out_dir: str, n_titles: int, spec: SyntheticSpec = SyntheticSp
         for i in range(n_titles):
             title = f"title{i:03d}"
             table, tracks, boxes = make_title(title, spec, seed * 1000 + i, labels)
-            pq.write_table(table, os.path.join(shards, f"{title}.parquet"))
+            pq.write_table(table, os.path.join(shards, f"{title}.parquet"),
+                           **parquet_options(table.schema))
             wt.writerows(tracks)
             wb.writerows(boxes)
             del table

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from harvest.config import PIPELINE_VERSION
 from harvest.dataset import schema as S
-from harvest.dataset.schema import (JPEG_QUALITY, N_TRACKLETS, TITLE_COLUMNS, shard_schema,
-                                    with_metadata)
+from harvest.dataset.schema import (JPEG_QUALITY, N_TRACKLETS, TITLE_COLUMNS, parquet_options,
+                                    shard_schema, with_metadata)
 from harvest.miners import Tracklets
 
 FLUSH_BYTES = 8 << 20   # uncompressed bytes per row group (spill and final shard)
@@ -99,9 +99,9 @@ def spill_schema(dim: int) -> pa.Schema:
 
 
 def _fixed(values: np.ndarray, width: int) -> pa.Array:
-    """(n, width) float -> fixed_size_list<float32, width>."""
+    """(n, width) float -> a vector column (``vector_type(width)``)."""
     flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, width)
+    return pa.FixedSizeListArray.from_arrays(flat, type=S.vector_type(width))
 
 
 def _ragged(parts: list, field: pa.Field) -> pa.Array:
@@ -222,7 +222,7 @@ def write_shard_file(spill: SpillWriter, title: TitleColumns, title_id: str, met
         cache.move_to_end(g)
         return cache[g]
 
-    with pq.ParquetWriter(out_path, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(out_path, schema, **parquet_options(schema)) as writer:
         start = 0
         while start < T:
             stop, size = start, 0

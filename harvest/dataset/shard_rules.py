@@ -34,7 +34,8 @@ def schema_rule(table: pa.Table) -> tuple[list[str], int | None]:
     out = [f"schema: missing column {n!r}" for n in want.names if n not in names]
     out += [f"schema: unexpected column {n!r}" for n in names if n not in want.names]
     for f in want:
-        if f.name in names and table.schema.field(f.name).type != f.type:
+        if f.name in names and S.loose_type(table.schema.field(f.name).type) != \
+                S.loose_type(f.type):
             out.append(f"schema: column {f.name!r} is {table.schema.field(f.name).type}, "
                        f"expected {f.type}")
     broken = bool(out)

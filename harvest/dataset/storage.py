@@ -23,7 +23,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvest.dataset.schema import read_metadata
+from harvest.dataset.schema import parquet_options, read_metadata
 
 SHARDS_DIR = "shards"
 RECORDS_DIR = "manifest"
@@ -147,9 +147,10 @@ def manifest_path(root: str) -> str:
 
 
 def shard_bytes(table: pa.Table) -> bytes:
-    """Parquet bytes of a shard (zstd; the schema's file metadata is kept)."""
+    """Parquet bytes of a shard (encoded as ``parquet_options`` says; the schema's file
+    metadata is kept)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, **parquet_options(table.schema))
     return sink.getvalue().to_pybytes()
 
 

@@ -109,7 +109,7 @@ def rewrite_shard(fs, root: str, path: str, gone: set) -> str:
         fd, tmp = tempfile.mkstemp(suffix=storage.SHARD_SUFFIX, prefix="takedown-")
         os.close(fd)
         try:
-            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            with pq.ParquetWriter(tmp, schema, **S.parquet_options(schema)) as writer:
                 for g in range(pf.num_row_groups):
                     t = pf.read_row_group(g)
                     t = t.filter(pa.array([int(x) in fixed for x in t[S.TRACK_ID].to_pylist()]))
