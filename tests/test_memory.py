@@ -118,9 +118,14 @@ def child_peak_rss(frames: int) -> int:
 
 
 def test_streamed_title_peak_rss_is_flat_in_title_length():
-    short, long = child_peak_rss(1_500), child_peak_rss(6_000)
-    print(f"child peak RSS: 1500 frames {short / MB:.0f} MB, 6000 frames {long / MB:.0f} MB")
-    assert long - short < 12 * MB          # the long title's embeddings alone are 20 MB
+    # the least of 2 fresh processes each: one process's peak varies by up to 20 MB from run
+    # to run (allocator and thread-pool timing). Peaks (least of 3, pipeline 1.4.0): 1,500
+    # frames 261 MB, 6,000 267, 12,000 273, 24,000 270: a step of a few MB up to about 6,000
+    # frames, then flat, so the test compares two lengths past the step
+    short = min(child_peak_rss(6_000) for _ in range(2))
+    long = min(child_peak_rss(24_000) for _ in range(2))
+    print(f"child peak RSS: 6000 frames {short / MB:.0f} MB, 24000 frames {long / MB:.0f} MB")
+    assert long - short < 12 * MB          # the long title's embeddings alone are 80 MB
 
 
 def one_face_shot(frames: int, dim: int, jpeg_bytes: int, batch_frames: int = 250):
