@@ -145,11 +145,7 @@ def rates_main(head: str, shards: str, workers: int) -> None:
     obj = Objective(head, next(iter(batch.values())).shape[-1], hp.get("model_kwargs"))
     opt = make_optimizer(obj, hp)
     obj.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        obj(batch).backward()
-        opt.step()
+    step = _stepper(obj, opt, batch)
     for _ in range(2):
         step()
     t0, steps = time.perf_counter(), 0
@@ -163,6 +159,15 @@ def rates_main(head: str, shards: str, workers: int) -> None:
                                      data_first_seconds=data_first_s, model_batch=size,
                                      model_step_seconds=model_s, ddp_step_seconds=ddp_s)),
           flush=True)
+
+
+def _stepper(model, opt, batch: dict):
+    """One training step of ``model`` (the objective, or its DDP wrapper) on ``batch``."""
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(batch).backward()
+        opt.step()
+    return step
 
 
 def _ddp_step_seconds(head: str, batch: dict, workers: int, steps: int) -> float:
@@ -201,11 +206,7 @@ def _ddp_rank(rank: int, world: int, head: str, tmp: str, port: int, steps: int)
         opt = make_optimizer(obj, hp)
         model = torch.nn.parallel.DistributedDataParallel(obj)
         model.train()
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            model(batch).backward()
-            opt.step()
+        step = _stepper(model, opt, batch)
         for _ in range(2):
             step()
         dist.barrier()

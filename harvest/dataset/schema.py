@@ -89,8 +89,6 @@ def loose_type(t: pa.DataType) -> pa.DataType:
     return t
 
 
-
-
 def shard_schema(dim: int) -> pa.Schema:
     """Arrow schema of a shard whose embeddings have dimension ``dim``."""
     return pa.schema([
@@ -121,7 +119,6 @@ def shard_schema(dim: int) -> pa.Schema:
     ])
 
 
-
 def _leaves(prefix: str, t: pa.DataType):
     """(Parquet column path, Arrow leaf type) of each leaf under a field of type ``t``."""
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
@@ -149,6 +146,7 @@ def parquet_options(schema: pa.Schema) -> dict:
         elif not any(pa.types.is_binary(t) for _, t in leaves):
             dictionary.append(f.name)
     return dict(compression="zstd", use_dictionary=dictionary, column_encoding=floats)
+
 
 # One line per column for dataset cards (``harvest card``); the same names as ``shard_schema``.
 COLUMN_DESCRIPTIONS = {

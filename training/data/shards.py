@@ -50,7 +50,8 @@ def read_title(path: str, columns=TRAIN_COLUMNS) -> pa.Table:
 
     ``ParquetFile`` on one thread, in batches of rows (:func:`_read`; the dataset layer of
     ``pq.read_table`` costs about as much again on a 1,400-track shard, and a worker's cores
-    belong to its model); a local path is memory-mapped. Shards the harvest wrote are already in track order: no sort then.
+    belong to its model); a local path is memory-mapped. Shards the harvest wrote are already
+    in track order: no sort then.
     ``columns`` may be :class:`Columns`: their lazy columns are read only where needed."""
     fs, p = open_fs(path)
     if is_local(fs):
