@@ -1,6 +1,5 @@
 """Head architectures and the published BCL checkpoint (methods.md 1.3, 1.7)."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -39,7 +39,7 @@ def test_running_title_reports_increasing_positions(ray_cluster, tmp_path):
     assert all(f % chunk == 0 for f in moving)                # chunk ends
     assert {p["total"] for p in seen if p["frames"]} == {105}
     assert all(p["fps"] > 0 for p in seen if p["frames"]) and seen[0]["attempt"] == 1
-    shown = [x for x in lines if f"/105 " in x]
+    shown = [x for x in lines if "/105 " in x]
     assert shown and re.search(rf"{title[:20]} \d+/105 \d+% [\d.]+ f/s", shown[0]), lines
 
     table = summary_table([record])
