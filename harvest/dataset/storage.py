@@ -31,6 +31,19 @@ MANIFEST_FILE = "manifest.jsonl"
 SHARD_SUFFIX = ".parquet"
 RECORD_SUFFIX = ".json"
 
+TMP_MARKER = ".tmp-"    # in a name: a writer's temporary file or directory, never a final one
+
+
+def temp_name(name: str) -> str:
+    """A unique hidden name beside ``name`` for writing it: ``.<name>.tmp-<32 hex>``."""
+    return f".{name}{TMP_MARKER}{uuid.uuid4().hex}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a base name is one that ``temp_name`` made (left behind by a killed writer)."""
+    return TMP_MARKER in name
+
+
 # Object stores where one PUT is atomic (the object appears whole or not at all) and rename
 # is a copy + delete, so the temporary-name dance would only add a window of duplication.
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss"}
@@ -113,7 +126,7 @@ def _renamed_into_place(fs: fsspec.AbstractFileSystem, path: str, fsync: bool = 
     parent, name = posixpath.split(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
+    tmp = posixpath.join(parent, temp_name(name))
     try:
         with fs.open(tmp, "wb") as f:
             yield f

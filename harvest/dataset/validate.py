@@ -98,7 +98,8 @@ def validate_output(url: str, min_track_frames: int | None = None) -> dict[str, 
     for d in (storage.SHARDS_DIR, storage.RECORDS_DIR):
         base = posixpath.join(root, d)
         if fs.exists(base):
-            tmp = [p for p in fs.ls(base, detail=False) if ".tmp-" in posixpath.basename(p)]
+            tmp = [p for p in fs.ls(base, detail=False)
+                   if storage.is_temp_name(posixpath.basename(p))]
             if tmp:
                 warnings.append(f"{d}/: {len(tmp)} leftover temporary file(s)")
     _check_consolidated(fs, root, records, problems, warnings)

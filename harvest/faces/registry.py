@@ -77,20 +77,39 @@ def load_backend(config, use_gpu: bool = False, threads: int | None = None) -> F
 
 
 def stage_models(url: str) -> str:
-    """Local directory for a model directory URL (remote ones are cached under ~/.cache/harvest)."""
+    """Local directory for a model directory URL: a local one as it is; a remote one's ``.onnx``
+    files copied once into ``~/.cache/harvest/models/<sha256(url)[:16]>``. Each process
+    downloads into its own temporary directory and renames it into place, so processes that
+    stage one pack at once (two workers of a node) never see or leave a partial pack; the
+    first rename wins and the others drop their copy."""
     import hashlib
+    import shutil
 
     import fsspec
+
+    from harvest.dataset.storage import is_local, temp_name
     fs, path = fsspec.core.url_to_fs(url)
-    from harvest.dataset.storage import is_local
     if is_local(fs):
         return path
-    cache = os.path.join(os.path.expanduser("~/.cache/harvest/models"),
-                         hashlib.sha256(url.encode()).hexdigest()[:16])
-    if not os.path.isdir(cache):
-        tmp = cache + ".partial"
-        os.makedirs(tmp, exist_ok=True)
-        for remote in fs.glob(path.rstrip("/") + "/*.onnx"):
+    parent = os.path.expanduser("~/.cache/harvest/models")
+    name = hashlib.sha256(url.encode()).hexdigest()[:16]
+    cache = os.path.join(parent, name)
+    if os.path.isdir(cache):
+        return cache
+    remotes = fs.glob(path.rstrip("/") + "/*.onnx")
+    if not remotes:
+        raise FileNotFoundError(f"--models {url}: no .onnx model files there")
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, temp_name(name))
+    os.makedirs(tmp)
+    try:
+        for remote in remotes:
             fs.get_file(remote, os.path.join(tmp, os.path.basename(remote)))
-        os.replace(tmp, cache)
+        try:
+            os.rename(tmp, cache)
+        except OSError:
+            if not os.path.isdir(cache):      # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return cache

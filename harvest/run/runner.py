@@ -137,7 +137,7 @@ def clean_temp_files(fs, root: str, title_ids) -> list[str]:
             continue
         for p in fs.ls(base, detail=False):
             name = posixpath.basename(p.rstrip("/"))
-            if name.startswith(prefixes) and ".tmp-" in name:
+            if name.startswith(prefixes) and storage.is_temp_name(name):
                 fs.rm(p)
                 removed.append(p)
     return removed
