@@ -411,3 +411,26 @@ def test_inspect_prints_manifest_and_shards(tmp_path, capsys):
     assert "t0" in out and "a.mp4" in out and "failed" in out and "unreadable" in out
     assert "TOTAL" in out and "x" * 61 not in out
     assert inspect_main(str(tmp_path / "nope")) == 1
+
+
+def test_a_copied_output_is_validated_as_the_copy(tmp_path, capsys):
+    """Records name the shard where the harvest wrote it; after the output is copied (and the
+    original changed or gone), validate checks the copy's own shards, and still catches a
+    copy whose shard does not match its record."""
+    import shutil
+    _write_output(str(tmp_path / "out"))
+    shutil.copytree(tmp_path / "out", tmp_path / "copy")
+    fs, root = storage.open_fs(str(tmp_path / "out"))
+    fs.rm(storage.shard_path(root, "t1"))                         # the original loses a shard
+    fs.pipe_file(storage.shard_path(root, "t0"), b"not the shard")
+    report = validate_output(str(tmp_path / "copy"))
+    assert report["ok"] and not report["warnings"], report
+    assert validate_main(str(tmp_path / "copy")) == 0 and "VALID" in capsys.readouterr().out
+    dst = storage.open_fs(str(tmp_path / "copy"))[1]
+    fs.pipe_file(storage.shard_path(dst, "t1"), fs.cat_file(storage.shard_path(dst, "t0")))
+    report = validate_output(str(tmp_path / "copy"))
+    assert any("t1" in v and "sha256 mismatch" in v for v in report["manifest"]), report
+    fs.rm(storage.shard_path(dst, "t0"))
+    report = validate_output(str(tmp_path / "copy"))
+    assert any("t0" in v and f"{dst}/shards/t0.parquet is missing" in v
+               for v in report["manifest"]), report

@@ -50,14 +50,28 @@ def validate_table(table: pa.Table, meta: dict | None = None,
     return out
 
 
-def _resolve(fs, root: str, path: str) -> str:
-    """A record's shard_path as a path of ``fs``: a URL, an fs path, or relative to the root."""
+def _resolve(fs, root: str, title_id: str, path: str | None) -> str:
+    """The shard a record stands for: its ``shard_path`` (a URL, an fs path, or relative to the
+    root) when that lies in this output; else this output's own shard of the title. A harvest
+    records where it wrote the shard, so in an output that was copied or moved since (a
+    dataset published to another bucket) it names the old place, which may still exist or
+    hold other bytes: what is checked is the copy in hand."""
+    own = storage.shard_path(root, title_id)
+    if not path:
+        return own
     if "://" in path:
-        return fs._strip_protocol(path)
-    if path.startswith(root.rstrip("/") + "/"):
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if path.split("://", 1)[0] not in protocols:
+            path = ""                          # another file system: not this output
+        else:
+            path = fs._strip_protocol(path)
+    inside = lambda p: p.startswith(root.rstrip("/") + "/")   # noqa: E731
+    if inside(path):
         return path
     joined = posixpath.join(root, path)
-    return joined if fs.exists(joined) or not fs.exists(path) else path
+    if path and not path.startswith("/") and inside(joined) and fs.exists(joined):
+        return joined                          # relative to the root
+    return own
 
 
 def validate_output(url: str, min_track_frames: int | None = None) -> dict[str, Any]:
@@ -77,7 +91,7 @@ def validate_output(url: str, min_track_frames: int | None = None) -> dict[str, 
     for title_id, rec in sorted(records.items()):
         if rec.get("status") != S.STATUS_DONE:
             continue
-        spath = _resolve(fs, root, rec.get("shard_path") or storage.shard_path(root, title_id))
+        spath = _resolve(fs, root, title_id, rec.get("shard_path"))
         if not fs.exists(spath):
             problems.append(f"record {title_id}: done but shard {spath} is missing")
             continue
