@@ -59,3 +59,32 @@ def _no_fault_injection(monkeypatch):
     for k in list(os.environ):
         if k.startswith("HARVEST_FAULT_"):
             monkeypatch.delenv(k)
+
+
+_HOLD = """
+import sys
+from harvest.dataset import storage
+with storage.exclusive(*storage.open_fs(sys.argv[1]), sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+class LockHolder:
+    """Another process holding an output's lock (``harvest.dataset.storage.exclusive``) until
+    ``release()`` (it ends normally) or ``kill()`` (it dies holding it)."""
+
+    def __init__(self, url, command: str):
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(url), command],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def release(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(60) == 0
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(60)

@@ -221,3 +221,18 @@ def test_usage_mistakes_are_one_line(built, tmp_path, capsys):
         assert people(*argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("people: "), (argv, err)
+
+
+def test_a_store_another_command_is_changing_is_refused_in_one_line(built, capsys):
+    from conftest import LockHolder
+    _, _, store, _, _ = built
+    before = snapshot(store)
+    holder = LockHolder(store, "people build")
+    try:
+        capsys.readouterr()
+        assert people("name", "0", "Locked Out", "--output", store) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "being changed by people build (pid" in err[0], err
+    finally:
+        holder.release()
+    assert snapshot(store) == before

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import uuid
 
@@ -251,3 +252,29 @@ def test_shard_encoding_round_trips_every_value_and_is_smaller(tmp_path):
     plain = pa.BufferOutputStream()
     pq.write_table(table, plain, compression="zstd")
     assert len(data) < plain.getvalue().size
+
+
+@pytest.mark.parametrize("url", ["memory://lock-test/out", "LOCAL"])
+def test_the_output_lock_is_exclusive_nested_released_and_names_its_holder(url, tmp_path):
+    import socket
+    url = str(tmp_path / "out") if url == "LOCAL" else url
+    fs, root = storage.open_fs(url)
+    lock = f"{root}/{storage.LOCK_FILE}"
+    with pytest.raises(RuntimeError, match="inside"):
+        with storage.exclusive(fs, root, "first"):
+            holder = json.loads(fs.cat_file(lock))
+            assert holder["command"] == "first" and holder["host"] == socket.gethostname()
+            with storage.exclusive(fs, root, "nested"):          # the same process: held once
+                pass
+            assert fs.exists(lock)
+            raise RuntimeError("inside")
+    assert not fs.exists(lock)                                   # released on the error
+    other = dict(command="elsewhere", host="another-machine", pid=os.getpid(), since="x")
+    fs.pipe_file(lock, json.dumps(other).encode())
+    with pytest.raises(storage.OutputBusy, match="elsewhere .* on another-machine"):
+        with storage.exclusive(fs, root, "second"):
+            pass
+    assert json.loads(fs.cat_file(lock)) == other               # never taken from another host
+    fs.rm(lock)
+    if url.startswith("memory://"):
+        fs.rm(root, recursive=True)

@@ -238,3 +238,28 @@ def test_crash_between_shards_and_manifest_then_rerun(out, tmp_path, monkeypatch
     assert {p: b for p, b in files(out).items() if p != AUDIT_FILE} == \
         {p: b.replace(ref.encode(), out.encode()) for p, b in files(ref).items()
          if p != AUDIT_FILE}
+
+
+def test_one_takedown_at_a_time(out):
+    """A takedown while another command holds the output's lock fails at once, naming it, and
+    changes nothing; once the holder ends it runs. A holder that died holding the lock (killed,
+    on this machine) does not block the next takedown."""
+    from conftest import LockHolder
+    tid, gone = pick(out)
+    before = files(out)
+    holder = LockHolder(out, "takedown td-first")
+    try:
+        with pytest.raises(storage.OutputBusy, match=r"takedown td-first \(pid \d+ on "):
+            remove_tracks(out, {tid: gone}, "second")
+        assert {p: b for p, b in files(out).items() if p != storage.LOCK_FILE} == before
+        assert any(storage.LOCK_FILE in w for w in validate_output(out)["warnings"])
+    finally:
+        holder.release()
+    assert not os.path.exists(os.path.join(out, storage.LOCK_FILE))
+    assert remove_tracks(out, {tid: {min(gone)}}, "second")["tracks"] == 1
+    LockHolder(out, "takedown td-killed").kill()
+    assert os.path.exists(os.path.join(out, storage.LOCK_FILE))
+    assert remove_tracks(out, {tid: gone}, "third")["tracks"] == len(gone) - 1
+    assert not os.path.exists(os.path.join(out, storage.LOCK_FILE))
+    report = validate_output(out)
+    assert report["ok"] and not report["warnings"], report

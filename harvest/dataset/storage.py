@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import posixpath
+import socket
+import time
 import uuid
 from typing import Any, Iterable
 
@@ -55,17 +57,17 @@ def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, (root.rstrip("/") or "/")
 
 
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple:
+def protocols(fs: fsspec.AbstractFileSystem) -> tuple:
     return tuple(fs.protocol) if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local disk (paths usable by decord, onnxruntime, dlib as they are)."""
-    return any(p in ("file", "local") for p in _protocols(fs))
+    return any(p in ("file", "local") for p in protocols(fs))
 
 
 def _is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
-    return any(p in _OBJECT_STORES for p in _protocols(fs))
+    return any(p in _OBJECT_STORES for p in protocols(fs))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -235,3 +237,81 @@ def write_manifest(fs: fsspec.AbstractFileSystem, root: str,
     path = manifest_path(root)
     write_atomic(fs, path, "".join(line + "\n" for line in lines).encode())
     return path
+
+
+LOCK_FILE = ".lock"     # at an output's root while a command changes what is already written
+
+
+class OutputBusy(ValueError):
+    """Another command is changing this output (its ``LOCK_FILE`` exists)."""
+
+
+@contextlib.contextmanager
+def exclusive(fs: fsspec.AbstractFileSystem, root: str, command: str):
+    """Hold ``root``'s lock while the block runs: commands that rewrite what an output already
+    holds (a takedown, the people store's builds and corrections) read, change and write back
+    whole files, so two at once would lose one's changes. The lock is a file created with
+    exclusive-create (``xb``: O_EXCL on a local or network file system, a conditional PUT on S3
+    and the in-memory file system) naming the holder; a second command fails at once with
+    ``OutputBusy``, saying who holds it. A lock whose holder was a process of this machine that
+    no longer runs (a crash) is taken over; any other is removed by hand. Nested in the same
+    process (``people remove`` on a store inside the harvest it rewrites), it is held once."""
+    path = posixpath.join(root, LOCK_FILE)
+    me = dict(command=command, host=socket.gethostname(), pid=os.getpid(),
+              since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    holder = _lock_holder(fs, path)
+    if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+        yield                                  # this process holds it already (nested)
+        return
+    fs.makedirs(root, exist_ok=True)
+    for attempt in (0, 1):
+        try:
+            _create(fs, path, json.dumps(me, sort_keys=True).encode())
+            break
+        except FileExistsError:
+            holder = _lock_holder(fs, path)
+            if attempt == 0 and _gone(holder):
+                fs.rm(path)
+                continue
+            who = (f"{holder.get('command', '?')} (pid {holder.get('pid', '?')} on "
+                   f"{holder.get('host', '?')}, since {holder.get('since', '?')})")
+            raise OutputBusy(f"{root} is being changed by {who}: wait for it to end, or, if it "
+                             f"is gone, delete {path}") from None
+    try:
+        yield
+    finally:
+        if _lock_holder(fs, path) == me:
+            fs.rm(path)
+
+
+def _create(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``path`` only if it does not exist (FileExistsError otherwise); where the file
+    system has no exclusive create, a check then a write (a narrow window, not none)."""
+    try:
+        f = fs.open(path, "xb")
+    except (NotImplementedError, ValueError):
+        if fs.exists(path):
+            raise FileExistsError(path) from None
+        f = fs.open(path, "wb")
+    with f:
+        f.write(data)
+
+
+def _lock_holder(fs: fsspec.AbstractFileSystem, path: str) -> dict:
+    try:
+        return json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _gone(holder: dict) -> bool:
+    """Whether a lock's holder was a process of this machine that has ended."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

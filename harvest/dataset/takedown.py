@@ -28,7 +28,10 @@ the id is derived from the tracks and the reason, so the same call is the same r
 it: ids already gone are a no-op, every affected record, the manifest and the card are rewritten
 from the shards, and the audit line reports what the interrupted run removed (from the plan, with
 ``"resumed": true``). Re-running a finished request changes no shard and logs a line with no ids.
-One takedown at a time per output, and not while ``harvest run`` writes to it.
+One takedown at a time per output: it holds the output's lock (``OUT/.lock``,
+``harvest.dataset.storage.exclusive``) and a second one fails at once, naming the first. Not
+while ``harvest run`` writes to the output (the run takes no lock: a driver resumed on another
+machine could not take over its predecessor's).
 """
 from __future__ import annotations
 
@@ -196,6 +199,13 @@ def remove_tracks(output: str, tracks: dict[str, set[int]], reason: str,
     missing = sorted(set(tracks) - set(shards))
     if missing:
         raise ValueError(f"title {missing[0]!r} has no shard in {output}")
+    with storage.exclusive(fs, root, f"takedown {request_id}"):
+        return _remove(fs, root, output, shards, tracks, reason, request_id)
+
+
+def _remove(fs, root: str, output: str, shards: dict, tracks: dict, reason: str,
+            request_id: str) -> dict:
+    """``remove_tracks`` with the output's lock held."""
     pending = _pending_path(root, request_id)
     prior = json.loads(fs.cat_file(pending))["titles"] if fs.exists(pending) else {}
 

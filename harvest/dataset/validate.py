@@ -60,8 +60,7 @@ def _resolve(fs, root: str, title_id: str, path: str | None) -> str:
     if not path:
         return own
     if "://" in path:
-        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-        if path.split("://", 1)[0] not in protocols:
+        if path.split("://", 1)[0] not in storage.protocols(fs):
             path = ""                          # another file system: not this output
         else:
             path = fs._strip_protocol(path)
@@ -116,6 +115,10 @@ def validate_output(url: str, min_track_frames: int | None = None) -> dict[str, 
                    if storage.is_temp_name(posixpath.basename(p))]
             if tmp:
                 warnings.append(f"{d}/: {len(tmp)} leftover temporary file(s)")
+    lock = posixpath.join(root, storage.LOCK_FILE)
+    if fs.exists(lock):
+        warnings.append(f"{storage.LOCK_FILE}: a command is changing this output, or one died "
+                        f"holding its lock ({fs.cat_file(lock).decode(errors='replace')})")
     _check_consolidated(fs, root, records, problems, warnings)
 
     report["n_shards"], report["n_records"] = len(shards), len(records)

@@ -92,7 +92,8 @@ def _build(args) -> int:
     check_dir("--output", args.output)
     params = methods.parse_params(args.param)
     _ray_init(args.verbose)
-    res = build(args.shards, args.output, args.head, args.method, params, args.titles)
+    with _locked(args):
+        res = build(args.shards, args.output, args.head, args.method, params, args.titles)
     for f in res["failed"]:
         print(f"people: {f['title_id']} failed: {f['error']}", file=sys.stderr)
     print(f"people: {res['new_titles']} new title(s), {res['unchanged']} unchanged, "
@@ -108,6 +109,13 @@ def _store(args):
     return store, store.header()
 
 
+def _locked(args):
+    """The store's lock, held by a command that changes it (build, corrections, remove): two at
+    once would each write back what it read and lose the other's change."""
+    from harvest.dataset.storage import exclusive, open_fs
+    return exclusive(*open_fs(args.output), f"people {args.cmd}")
+
+
 def _rerender(store) -> None:
     from training.people.build import render
     render(store, store.header())
@@ -116,8 +124,9 @@ def _rerender(store) -> None:
 def _name(args) -> int:
     from training.people.corrections import name
     store, _ = _store(args)
-    e = name(store, args.person, args.name)
-    _rerender(store)
+    with _locked(args):
+        e = name(store, args.person, args.name)
+        _rerender(store)
     print(f"people: person {e['person']} is {e['name']!r}")
     return 0
 
@@ -125,9 +134,10 @@ def _name(args) -> int:
 def _merge(args) -> int:
     from training.people.corrections import merge
     store, _ = _store(args)
-    for e in merge(store, args.person, args.others):
-        print(f"people: person {e['person']} merged into person {e['into']}")
-    _rerender(store)
+    with _locked(args):
+        for e in merge(store, args.person, args.others):
+            print(f"people: person {e['person']} merged into person {e['into']}")
+        _rerender(store)
     return 0
 
 
@@ -137,8 +147,9 @@ def _split(args) -> int:
     from training.people.store import parse_track
     store, hdr = _store(args)
     tracks = [(resolve_title(hdr, t), k) for t, k in map(parse_track, args.tracks)]
-    e = split(store, args.person, tracks, args.kind)
-    _rerender(store)
+    with _locked(args):
+        e = split(store, args.person, tracks, args.kind)
+        _rerender(store)
     to = f"new person {e['to']}" if e["op"] == "split" else f"marked {e['as']}"
     print(f"people: {len(e['tracks'])} track(s) off person {e['person']}: {to}")
     return 0
@@ -164,8 +175,9 @@ def _remove(args) -> int:
     check_path("--shards", args.shards)
     check_path("--photo", args.photo)
     _store(args)
-    res = remove(args.output, args.shards, args.person, args.photo, args.threshold, args.models,
-                 args.reason, args.request_id)
+    with _locked(args):
+        res = remove(args.output, args.shards, args.person, args.photo, args.threshold,
+                     args.models, args.reason, args.request_id)
     print(f"people: removed person(s) {res['persons']}: {res['tracks']} track(s) in "
           f"{res['titles']} title(s) from the harvest and the store")
     return 0
