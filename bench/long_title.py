@@ -2,6 +2,7 @@
 
     python bench/long_title.py --models ../shared/models/face-pack                  # everything
     python bench/long_title.py --minutes 5 20 --res 360 --single 10 --models ...    # a part
+    python bench/long_title.py --minutes 5 --res 360 --single --pools mimalloc jemalloc --repeat 2 ...
 
 Each title is generated on disk one frame at a time (H.264 through PyAV, never held in memory)
 from the labelled face material of ``harvest.samples`` (insightface's bundled photos pasted and
@@ -184,7 +185,7 @@ def generate(path: str, minutes: float, res: int, single: bool, seed: int = 0) -
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
-sys.path.insert(0, {bench!r})
+sys.path.append({bench!r})     # after the repo: bench/harvest.py would shadow the package
 mode, video, out, models, stride, threads, trace = {args!r}
 if trace:
     from long_title import start_trace
@@ -261,13 +262,15 @@ def rss(pid: int) -> int:
 
 
 def run_child(mode: str, video: str, out: str, models: str, stride: int, threads: int,
-              trace: float = 0, trace_file: str | None = None, name: str = "") -> dict:
+              trace: float = 0, trace_file: str | None = None, name: str = "",
+              pool: str | None = None) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
     code = CHILD.format(repo=os.path.dirname(here), bench=here,
                         args=(mode, video, out, models, stride, threads, trace))
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out_f, stderr=err_f)
+        env = dict(os.environ, **({"ARROW_DEFAULT_MEMORY_POOL": pool} if pool else {}))
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out_f, stderr=err_f, env=env)
         samples = []
         while proc.poll() is None:
             try:
@@ -309,6 +312,10 @@ def main(argv=None) -> int:
     p.add_argument("--trace", type=float, default=0, metavar="SECONDS",
                    help="sample where the worker's memory sits every SECONDS (--trace-file)")
     p.add_argument("--trace-file", default="long_title_trace.jsonl")
+    p.add_argument("--pools", nargs="*", default=[None], metavar="POOL",
+                   help="run each title's worker once per Arrow memory pool (mimalloc, jemalloc, "
+                        "system: ARROW_DEFAULT_MEMORY_POOL), alternating; default: pyarrow's own")
+    p.add_argument("--repeat", type=int, default=1, help="runs per title (and pool)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--keep", action="store_true", help="keep the generated videos")
     a = p.parse_args(argv)
@@ -326,12 +333,15 @@ def main(argv=None) -> int:
             generate(video, minutes, res, single)
         gen = time.perf_counter() - t0
         stride = a.single_stride if single else a.stride
-        runs = [("harvest", f"stride {stride}")]
-        runs += [("decode", "decode only")] if a.decode_only else []
+        runs = [("harvest", f"stride {stride}" + (f", {pool}" if pool else ""), pool)
+                for _ in range(a.repeat) for pool in a.pools]
+        runs += [("decode", "decode only", None)] if a.decode_only else []
         try:
-            for mode, label in runs:
-                r = run_child(mode, video, os.path.join(work, "out-" + name), a.models, stride,
-                              a.threads, a.trace, a.trace_file if a.trace else None, name)
+            for mode, label, pool in runs:
+                out = os.path.join(work, "out-" + name)
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_child(mode, video, out, a.models, stride, a.threads, a.trace,
+                              a.trace_file if a.trace else None, name, pool)
                 peak = max(r["maxrss"], r["polled_peak"]) / 2**20
                 print(f"{name:22s} {gen:6.0f} {r['wall']:7.0f} {r['frames']:7d} {r['faces']:7d} "
                       f"{r['tracks']:6d} {r['frames'] / r['seconds']:6.1f} {peak:11.0f} "

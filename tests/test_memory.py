@@ -114,9 +114,9 @@ print(next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith(
 
 
 def child_peak_rss(frames: int, flush: int = 1 << 20) -> int:
-    # jemalloc, not pyarrow's default mimalloc: the same child's peak under mimalloc varies by
-    # up to 20 MB from run to run (it hides or fakes a growth this test looks for); under
-    # jemalloc by 2-3 MB. What the code keeps is the same under either.
+    # jemalloc, as a harvest worker runs (harvest.run.worker.use_jemalloc), not pyarrow's
+    # default mimalloc: the same child's peak under mimalloc varies by up to 20 MB from run to
+    # run (it hides or fakes a growth this test looks for); under jemalloc by 2-3 MB.
     env = dict(os.environ, ARROW_DEFAULT_MEMORY_POOL="jemalloc")
     out = subprocess.run([sys.executable, "-c", CHILD.format(path=sys.path, frames=frames,
                                                              flush=flush)],
@@ -404,3 +404,26 @@ def test_detections_match_the_run_recorded_before_frames_were_prepared_one_by_on
                 k = int(np.argmin(gap))
                 assert gap[k] < 0.05 and abs(b[k, 4] - face[4]) < 1e-3, (face, b[k])
     assert sum(len(r) for r in recorded) >= 120
+
+
+WORKER_POOL = """
+import sys
+sys.path[:0] = {path!r}
+import pyarrow as pa
+from harvest.config import HarvestConfig
+from harvest.run.worker import TitleWorker
+TitleWorker({out!r}, HarvestConfig(models={pack!r}))
+print(pa.default_memory_pool().backend_name)
+"""
+
+
+def test_a_harvest_worker_allocates_from_jemalloc_unless_told_otherwise(tmp_path):
+    """A harvest worker's process switches Arrow to jemalloc (its peak RSS is ~60 MB lower on a
+    real 5-minute title, docs/benchmarks.md); ARROW_DEFAULT_MEMORY_POOL still decides."""
+    from conftest import FACE_PACK, need
+    code = WORKER_POOL.format(path=sys.path, out=str(tmp_path / "out"), pack=need(FACE_PACK))
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    pools = [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True, env=dict(env, **extra)).stdout.split()[-1]
+             for extra in ({}, {"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"})]
+    assert pools == ["jemalloc", "mimalloc"]
