@@ -57,20 +57,16 @@ def _resolve(fs, root: str, title_id: str, path: str | None) -> str:
     dataset published to another bucket) it names the old place, which may still exist or
     hold other bytes: what is checked is the copy in hand."""
     own = storage.shard_path(root, title_id)
+    if path and "://" in path:
+        same_fs = path.split("://", 1)[0] in storage.protocols(fs)
+        path = fs._strip_protocol(path) if same_fs else None   # another file system: not here
     if not path:
         return own
-    if "://" in path:
-        if path.split("://", 1)[0] not in storage.protocols(fs):
-            path = ""                          # another file system: not this output
-        else:
-            path = fs._strip_protocol(path)
-    inside = lambda p: p.startswith(root.rstrip("/") + "/")   # noqa: E731
-    if inside(path):
+    prefix = root.rstrip("/") + "/"
+    if path.startswith(prefix):
         return path
-    joined = posixpath.join(root, path)
-    if path and not path.startswith("/") and inside(joined) and fs.exists(joined):
-        return joined                          # relative to the root
-    return own
+    joined = posixpath.join(root, path)                  # relative to the root
+    return joined if not path.startswith("/") and fs.exists(joined) else own
 
 
 def validate_output(url: str, min_track_frames: int | None = None) -> dict[str, Any]:

@@ -89,6 +89,14 @@ class HarvestedTracks:
         self.close()
 
 
+def _grown(col: np.ndarray, rows: int) -> np.ndarray:
+    """``col``'s rows at the start of a new array of ``rows`` rows (the growth step of the
+    columns that double when full)."""
+    out = np.empty((rows, *col.shape[1:]), col.dtype)
+    out[:len(col)] = col
+    return out
+
+
 class _Summaries:
     """What the end of the title needs of each closed track, indexed by track_id: the mean
     embedding and anchor tracklet (2 x D float32), shot, faces, quality, span and crop bytes in
@@ -112,11 +120,8 @@ class _Summaries:
     def add(self, t: int, mean: np.ndarray, anchor: np.ndarray, partners: set, **numbers) -> None:
         if t >= len(self.vectors):
             size = max(64, 2 * len(self.vectors), t + 1)
-            grown = np.zeros((size, *self.vectors.shape[1:]), np.float32)
-            grown[:len(self.vectors)] = self.vectors
-            self.vectors = grown
-            for name, col in self.numbers.items():
-                self.numbers[name] = np.concatenate([col, np.zeros(size - len(col), col.dtype)])
+            self.vectors = _grown(self.vectors, size)
+            self.numbers = {name: _grown(col, size) for name, col in self.numbers.items()}
         self.vectors[t, 0], self.vectors[t, 1] = mean, anchor
         for name, value in numbers.items():
             self.numbers[name][t] = value
@@ -166,12 +171,9 @@ class OpenFaces:
         if "emb" not in self.cols:                # the backend's dtype (dlib's is float64)
             self.cols["emb"] = np.empty((1, self.dim), faces.emb.dtype)
         if self.n == len(self.cols["emb"]):
-            for name, col in self.cols.items():
-                grown = np.empty((2 * len(col), *col.shape[1:]), col.dtype)
-                grown[:self.n] = col[:self.n]
-                self.cols[name] = grown
+            self.cols = {name: _grown(col, 2 * len(col)) for name, col in self.cols.items()}
             if self._crop_ends is not None:
-                self._crop_ends = np.concatenate([self._crop_ends, np.empty_like(self._crop_ends)])
+                self._crop_ends = _grown(self._crop_ends, 2 * len(self._crop_ends))
         c, n = self.cols, self.n
         c["frame_idx"][n], c["pts"][n], c["boxes"][n] = faces.frame_idx[i], faces.pts[i], faces.boxes[i]
         c["kps"][n], c["scores"][n], c["blur"][n] = faces.kps[i].reshape(10), faces.scores[i], faces.blur[i]
